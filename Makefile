@@ -1,0 +1,27 @@
+# Every target creates or reuses .venv and installs what it needs (a fresh machine has nothing).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mmfuse-installed
+
+.PHONY: demo test bench setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# The main job: train on easy-VQA with the default config, evaluate on the official test split.
+demo: $(STAMP)
+	$(VENV)/bin/mmfuse train configs/easy_vqa.yaml --set train.progress_bar=false
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/easy_vqa.py
+
+clean:
+	rm -rf runs .mmfuse_cache

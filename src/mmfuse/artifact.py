@@ -1,0 +1,112 @@
+"""A trained model as a directory: config.yaml, model.safetensors, labels.json, encoders.json,
+metrics.json and a README.md model card. Loading never unpickles anything.
+
+Frozen pretrained encoders are not copied into model.safetensors: they are rebuilt from their
+source (package, timm or transformers name) and checked against the recorded fingerprint, so an
+artifact is small and a changed backbone is caught instead of silently giving other numbers.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from safetensors.torch import load_file, save_file
+
+from .config import dump_config, parse_config
+from .errors import ArtifactError
+from .model import build_encoders, build_model
+
+FILES = ("config.yaml", "model.safetensors", "labels.json", "encoders.json")
+
+
+def trainable_state(model) -> dict[str, Any]:
+    frozen = tuple(f"encoders.{m}." for m, e in model.encoders.items() if not e.trainable)
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith(frozen)}
+
+
+def save_artifact(predictor, directory: str | Path) -> Path:
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    model = predictor.model
+    (out / "config.yaml").write_text(dump_config(predictor.config))
+    save_file(trainable_state(model), str(out / "model.safetensors"))
+    (out / "labels.json").write_text(json.dumps(predictor.labels, indent=1))
+    encoders = {m: {"trainable": e.trainable, "fingerprint": e.fingerprint(), "extra_state": e.extra_state()}
+                for m, e in model.encoders.items()}
+    (out / "encoders.json").write_text(json.dumps(encoders, indent=1))
+    (out / "metrics.json").write_text(json.dumps({"fit": predictor.fit_summary, **predictor.metrics}, indent=2))
+    (out / "README.md").write_text(model_card(predictor))
+    return out
+
+
+def load_artifact(cls, directory: str | Path):
+    path = Path(directory)
+    if not path.is_dir():
+        raise ArtifactError(f"{path} is not a model directory")
+    missing = [name for name in FILES if not (path / name).is_file()]
+    if missing:
+        raise ArtifactError(f"{path} is missing {', '.join(missing)}; was it written by Predictor.save?")
+    config = parse_config(yaml.safe_load((path / "config.yaml").read_text()), str(path / "config.yaml"))
+    predictor = cls(config)
+    predictor.labels = json.loads((path / "labels.json").read_text())
+    recorded = json.loads((path / "encoders.json").read_text())
+    encoders = build_encoders(config)
+    for modality, encoder in encoders.items():
+        info = recorded.get(modality)
+        if info is None:
+            raise ArtifactError(f"{path}/encoders.json has no entry for the {modality} encoder")
+        encoder.load_extra_state(info["extra_state"])
+        encoder.set_trainable(info["trainable"])
+        if not encoder.trainable and encoder.fingerprint() != info["fingerprint"]:
+            raise ArtifactError(
+                f"the frozen {modality} encoder {getattr(config.encoders, modality).name!r} rebuilt here has "
+                f"fingerprint {encoder.fingerprint()}, the model was trained with {info['fingerprint']}: "
+                "different weights or preprocessing")
+    model = build_model(config, len(predictor.labels), encoders)
+    state = load_file(str(path / "model.safetensors"))
+    result = model.load_state_dict(state, strict=False)
+    expected_missing = tuple(f"encoders.{m}." for m, e in encoders.items() if not e.trainable)
+    really_missing = [k for k in result.missing_keys if not k.startswith(expected_missing)]
+    if really_missing or result.unexpected_keys:
+        raise ArtifactError(f"{path}/model.safetensors does not fit the config: missing {really_missing[:5]}, "
+                            f"unexpected {result.unexpected_keys[:5]}")
+    predictor.model = model.eval()
+    metrics_file = path / "metrics.json"
+    if metrics_file.is_file():
+        saved = json.loads(metrics_file.read_text())
+        predictor.fit_summary = saved.get("fit", {})
+        predictor.metrics = {k: v for k, v in saved.items() if k != "fit"}
+    return predictor
+
+
+def model_card(predictor) -> str:
+    cfg = predictor.config
+    metrics = predictor.metrics.get("metrics", {})
+    lines = [
+        "# mmfuse model", "",
+        f"- task: {cfg.task}, {len(predictor.labels)} labels",
+        f"- data: `{cfg.data.source}`",
+    ]
+    for modality in cfg.modalities():
+        spec = getattr(cfg.encoders, modality)
+        encoder = predictor.model.encoders[modality]
+        lines.append(f"- {modality} encoder: `{spec.name}` ({'trained' if encoder.trainable else 'frozen'}, "
+                     f"fingerprint {encoder.fingerprint()})")
+    lines.append(f"- fusion: `{cfg.fusion.name}` (dim {cfg.fusion.dim}, options {cfg.fusion.options or {}})")
+    weights = predictor.model.fusion.modality_weights()
+    if weights:
+        lines.append("- learned modality weights: " + ", ".join(f"{m} {w:.3f}" for m, w in weights.items()))
+    fit = predictor.fit_summary
+    if fit:
+        lines.append(f"- training: {fit.get('epochs')} epochs in {fit.get('train_seconds', 0):.0f} s")
+    if metrics:
+        lines += ["", "## Test metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items()]
+    contribution = predictor.metrics.get("modality_contribution")
+    if contribution:
+        lines += ["", "## Modality contribution", "", "| inputs | value |", "|---|---|"]
+        lines += [f"| {k.replace('_', ' ')} | {v:.4f} |" for k, v in contribution.items()]
+    lines += ["", "Load with `mmfuse.Predictor.load(path)`; the full config is in `config.yaml`.", ""]
+    return "\n".join(lines)

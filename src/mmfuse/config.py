@@ -1,0 +1,180 @@
+"""The one config tree (pydantic), read from YAML, overridable with `--set a.b=c`.
+
+This file is the single home of defaults. A wrong field fails before any work is done, naming
+the field and the allowed values.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+
+class Section(BaseModel):
+    # extra="forbid": a misspelt field is an error, never silently ignored.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ColumnsConfig(Section):
+    """Which table column feeds which modality. Set a modality to null to leave it out."""
+
+    image: str | None = "image"
+    text: str | None = "text"
+    label: str = "label"
+    split: str | None = None  # a column holding train / val / test
+
+
+class DataConfig(Section):
+    source: str = "easy_vqa"  # a built-in data set name, or a CSV / JSONL / Parquet path
+    test_source: str | None = None  # an optional separate test table
+    columns: ColumnsConfig = ColumnsConfig()
+    labels: list[str] | None = None  # fixed label set; a row with another label is a bad row
+    label_separator: str = "|"  # multi-label rows: "cat|dog"
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    # Keep every row of one image on the same side of a split, so the model is judged on
+    # images it never saw (easy-VQA has ~10 questions per image).
+    group_split_by_image: bool = True
+    max_pixels: int = Field(50_000_000, gt=0)  # checked from the header, before decoding
+    max_text_chars: int = Field(2_000, gt=0)
+    strict: bool = False  # fail on the first bad rows instead of skipping and counting them
+
+
+class ImageEncoderConfig(Section):
+    name: str = "small_cnn"  # small_cnn | efficientnet_lite0 | timm:<any timm name> | tiny_image
+    trainable: bool | None = None  # None: from-scratch encoders train, pretrained ones stay frozen
+    image_size: int = Field(64, gt=0)
+    options: dict[str, Any] = {}
+
+
+class TextEncoderConfig(Section):
+    name: str = "minilm"  # minilm | hf:<name or path> | bow | gru | tiny_text
+    trainable: bool | None = None
+    max_tokens: int = Field(64, gt=0)
+    options: dict[str, Any] = {}
+
+
+class EncodersConfig(Section):
+    image: ImageEncoderConfig | None = ImageEncoderConfig()
+    text: TextEncoderConfig | None = TextEncoderConfig()
+
+
+class FusionConfig(Section):
+    name: str = "film"
+    dim: int = Field(256, gt=0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    options: dict[str, Any] = {}
+
+
+class HeadConfig(Section):
+    hidden: int = Field(256, ge=0)  # 0: a single linear layer
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(12, gt=0)
+    batch_size: int = Field(64, gt=0)
+    # Batch by image: `batch_size` images and all their rows per step, so a trainable image
+    # encoder runs once per image per step however many questions it has.
+    group_by_image: bool = True
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    # Off by default: easy-VQA sits on a plateau for epochs before it jumps.
+    early_stopping_patience: int | None = None
+    seed: int = 0
+    precision: str = "auto"  # auto: bf16-mixed on a GPU, 32 on a CPU
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    grad_clip: float | None = 1.0
+    num_workers: int = Field(0, ge=0)
+    progress_bar: bool = True
+
+
+class Config(Section):
+    task: Literal["classification", "multilabel", "regression"] = "classification"
+    data: DataConfig = DataConfig()
+    encoders: EncodersConfig = EncodersConfig()
+    fusion: FusionConfig = FusionConfig()
+    head: HeadConfig = HeadConfig()
+    train: TrainConfig = TrainConfig()
+    output_dir: str = "runs/easy_vqa"
+    cache_dir: str = ".mmfuse_cache"
+
+    def modalities(self) -> list[str]:
+        return [m for m in ("image", "text") if getattr(self.encoders, m) is not None
+                and getattr(self.data.columns, m) is not None]
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(root)"
+        lines.append(f"{field}: {item['msg']} (got {item.get('input')!r})")
+    return "; ".join(lines)
+
+
+def parse_config(raw: dict[str, Any], origin: str = "config") -> Config:
+    try:
+        config = Config.model_validate(raw or {})
+    except ValidationError as error:
+        raise ConfigError(f"{origin}: {_describe(error)}") from None
+    check_names(config)
+    return config
+
+
+def check_names(config: Config) -> None:
+    """Registry names are checked here so a typo fails before any data is read."""
+    from .encoders import check_encoder_name
+    from .fusion import FUSIONS
+
+    FUSIONS.get(config.fusion.name)
+    for modality in config.modalities():
+        check_encoder_name(modality, getattr(config.encoders, modality).name)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`a.b=c` pairs; the value is read as YAML, so numbers, lists and null work."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    raw: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        origin = str(path)
+    raw = apply_overrides(raw, overrides or [])
+    return parse_config(raw, origin)
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,131 @@
+"""Tensors for training and prediction: per-modality columns over unique inputs, and batches.
+
+Each modality of a split is stored once per UNIQUE input (easy-VQA: 5,000 images under 48,000
+questions, 107 distinct question strings) with a row -> unique index. A batch then either gathers
+cached features (frozen encoder) or carries only the unique inputs it needs plus an inverse index
+(trainable encoder), so an image with ten questions is encoded once per step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from ..encoders.base import slice_prepared
+from ..features import Features
+
+
+@dataclass
+class ModalityColumn:
+    """One modality of one split."""
+
+    index: Tensor                      # (N,) row -> unique input, -1 where the row lacks it
+    values: list[Any]                  # the unique raw inputs (image paths / texts)
+    features: Features | None = None   # cached features over the uniques (frozen encoder)
+    prepared: dict[str, Tensor] | None = None  # encoder inputs over the uniques (trainable encoder)
+
+
+@dataclass
+class ModalityBatch:
+    present: Tensor                              # (B,)
+    features: Features | None = None             # gathered cached features
+    prepared: dict[str, Tensor] | None = None    # the batch's unique inputs
+    inverse: Tensor | None = None                # (B,) row -> position in `prepared`
+
+
+@dataclass
+class Batch:
+    rows: Tensor                       # (B,) row numbers in the split
+    target: Tensor | None
+    modalities: dict[str, ModalityBatch]
+
+    @property
+    def size(self) -> int:
+        return self.rows.shape[0]
+
+
+def unique_index(values: list[Any]) -> tuple[Tensor, list[Any]]:
+    """Row -> unique position (-1 for None) and the unique values in first-seen order."""
+    position: dict[Any, int] = {}
+    index = torch.full((len(values),), -1, dtype=torch.long)
+    for row, value in enumerate(values):
+        if value is None:
+            continue
+        index[row] = position.setdefault(value, len(position))
+    return index, list(position)
+
+
+def gather(column: ModalityColumn, rows: Tensor) -> ModalityBatch:
+    index = column.index[rows]
+    present = index >= 0
+    if not present.any():
+        return ModalityBatch(present=present)
+    safe = torch.where(present, index, index[present][0])  # absent rows point at any real input
+    if column.features is not None:
+        return ModalityBatch(present=present, features=column.features.select(safe).with_present(present))
+    unique, inverse = torch.unique(safe, return_inverse=True)
+    return ModalityBatch(present=present, prepared=slice_prepared(column.prepared, unique), inverse=inverse)
+
+
+class TableDataset(Dataset):
+    """A split as tensors. Indexed by a LIST of rows (one batch), so collation is vectorised."""
+
+    def __init__(self, columns: dict[str, ModalityColumn], target: Tensor | None, groups: np.ndarray):
+        self.columns = columns
+        self.target = target
+        self.groups = groups  # (N,) group id per row: the image, when batching by image
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, rows: list[int]) -> Batch:
+        rows_t = torch.as_tensor(rows, dtype=torch.long)
+        return Batch(
+            rows=rows_t,
+            target=None if self.target is None else self.target[rows_t],
+            modalities={m: gather(c, rows_t) for m, c in self.columns.items()},
+        )
+
+
+class GroupBatchSampler(Sampler[list[int]]):
+    """Batches of `groups_per_batch` groups (images) with all their rows.
+
+    The order depends only on (seed, epoch), so a resumed run sees the same batches as an
+    uninterrupted one. Under DDP each rank takes every world-th batch.
+    """
+
+    def __init__(self, groups: np.ndarray, groups_per_batch: int, *, shuffle: bool, seed: int = 0,
+                 rank: int = 0, world: int = 1):
+        self.groups_per_batch = groups_per_batch
+        self.shuffle, self.seed, self.rank, self.world = shuffle, seed, rank, world
+        self.epoch = 0
+        order = np.argsort(groups, kind="stable")
+        ids, starts = np.unique(groups[order], return_index=True)
+        self.members = np.split(order, starts[1:]) if len(order) else []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        count = len(self.members)
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            order = rng.permutation(count)
+        else:
+            order = np.arange(count)
+        batches = []
+        for first in range(0, count, self.groups_per_batch):
+            picked = order[first : first + self.groups_per_batch]
+            batches.append(np.concatenate([self.members[g] for g in picked]).tolist())
+        return batches[self.rank :: self.world]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        total = -(-len(self.members) // self.groups_per_batch)
+        return len(range(self.rank, total, self.world))

@@ -1,0 +1,412 @@
+"""Tables in, one clean manifest out: which rows are usable, and exactly why the others are not.
+
+A manifest is the table after every check that can fail on user data — columns exist, images
+decode, texts are non-blank, labels parse — so nothing downstream (feature caching, training,
+prediction) has to handle a bad row. Bad rows are skipped and reported with the row number
+the user sees in their file; `data.strict` turns them into one error listing all of them.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field as dataclass_field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..config import DataConfig
+from ..errors import ConfigError, DataError
+from .datasets import builtin_columns, builtin_names, load_builtin
+from .media import MediaError, check_image, clean_text
+
+__all__ = ["BadRow", "Manifest", "read_table", "load_manifest", "split_manifest", "SPLIT_NAMES"]
+
+TASKS = ("classification", "multilabel", "regression")
+MODALITIES = ("image", "text")
+STRICT_LIST_LIMIT = 50
+
+# Accepted spellings of a split value (lower-cased) -> the canonical name.
+SPLIT_NAMES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val", "dev": "val",
+    "test": "test", "testing": "test",
+}
+
+_COMPRESSED = {".gz", ".bz2", ".xz", ".zip", ".zst"}
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+@dataclass
+class BadRow:
+    source: str  # table file name (or "DataFrame")
+    row: int  # 1-based data row, header excluded
+    field: str  # "image" / "text" / "label" / "split", or "row" for a whole-row problem
+    reason: str
+    column: str | None = None  # the table column behind `field`, for the message
+
+    def __str__(self) -> str:
+        if self.column is None:
+            return f"{self.source} row {self.row}: {self.reason}"
+        return f"{self.source} row {self.row}, {self.field} column '{self.column}': {self.reason}"
+
+
+@dataclass
+class Manifest:
+    frame: pd.DataFrame  # good rows: row, image, text, label, split
+    bad_rows: list[BadRow] = dataclass_field(default_factory=list)
+    source: str = ""
+
+    def summary(self) -> str:
+        # One BadRow per bad row, so the rows read are the good plus the bad ones.
+        good, bad = len(self.frame), len(self.bad_rows)
+        text = f"{good + bad} rows read, {good} good, {bad} bad"
+        if bad:
+            # Reasons are written "kind: detail" (the detail names a path or value), so the
+            # part before the colon counts like with like.
+            counts = Counter(b.reason.split(":", 1)[0] for b in self.bad_rows)
+            text += " (reasons counted: " + ", ".join(f"{k} ×{n}" for k, n in counts.most_common()) + ")"
+        return text
+
+
+class _RowProblem(Exception):
+    """One cell's problem; becomes a BadRow."""
+
+
+# ----- reading tables -------------------------------------------------------------------------
+
+def read_table(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """(table, name for messages). The format comes from the extension (a .gz etc. is looked through)."""
+    if isinstance(source, pd.DataFrame):
+        # Positional index, so row numbers are the DataFrame's row positions + 1.
+        return source.reset_index(drop=True), "DataFrame"
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"table file not found: {path}")
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; expected a CSV, TSV, JSONL, JSON or Parquet file")
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSED:
+        suffixes = suffixes[:-1]
+    kind = suffixes[-1] if suffixes else ""
+    try:
+        if kind in (".csv", ".tsv", ".tab"):
+            # Every cell as a string, and only a truly empty cell is missing: pandas' default NA
+            # words ("NA", "None", "null", "nan") are real labels and texts in user data, and a
+            # numeric parse would turn label "01" into 1 (or 1 into 1.0 once a cell is empty).
+            frame = pd.read_csv(path, sep="," if kind == ".csv" else "\t", dtype=str,
+                                keep_default_na=False, na_values=[""])
+        elif kind in (".jsonl", ".ndjson"):
+            frame = pd.read_json(path, lines=True, dtype=False)  # dtype=False: keep values as written
+        elif kind == ".json":
+            frame = pd.read_json(path, dtype=False)
+        elif kind in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            raise DataError(f"{path}: unsupported table format {kind or '(no extension)'!r}; "
+                            "use .csv, .tsv, .jsonl / .ndjson, .json or .parquet")
+    except DataError:
+        raise
+    except Exception as error:  # noqa: BLE001 - parser errors come in many types
+        raise DataError(f"could not read table {path}: {error}") from None
+    return frame.reset_index(drop=True), path.name
+
+
+# ----- cell parsing ---------------------------------------------------------------------------
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, (list, tuple, np.ndarray, dict)):
+        return False
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _label_text(value: Any) -> str:
+    # A label read from JSON / Parquet may be a number; an integer-valued float (a column that
+    # became float because of one missing cell) must still read "3", not "3.0".
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def _quote_list(values: list[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(v) for v in values[:limit])
+    return shown + (f", … ({len(values) - limit} more)" if len(values) > limit else "")
+
+
+def _parse_label(value: Any, task: str, allowed: set[str] | None, separator: str) -> Any:
+    if _is_missing(value):
+        raise _RowProblem("missing label")
+    if task == "regression":
+        if isinstance(value, (list, tuple, np.ndarray)):
+            raise _RowProblem(f"non-numeric regression target: {value!r}")
+        try:
+            number = float(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            if isinstance(value, str) and not value.strip():
+                raise _RowProblem("missing label") from None
+            raise _RowProblem(f"non-numeric regression target: {value!r}") from None
+        if not math.isfinite(number):
+            raise _RowProblem(f"non-finite regression target: {value!r}")
+        return number
+    if task == "multilabel":
+        if isinstance(value, (list, tuple, np.ndarray)):  # JSON / Parquet lists need no splitting
+            items = [_label_text(v) for v in value if not _is_missing(v)]
+        else:
+            items = [_label_text(v) for v in str(value).split(separator)]
+        items = list(dict.fromkeys(v for v in items if v))  # drop blanks and repeats, keep order
+        if not items:
+            raise _RowProblem("missing label")
+        unknown = [v for v in items if allowed is not None and v not in allowed]
+        if unknown:
+            raise _RowProblem(f"label not in the label set: {_quote_list(unknown)}")
+        return items
+    if isinstance(value, (list, tuple, np.ndarray)):
+        raise _RowProblem(f"expected one label, got a list: {list(value)!r}")
+    label = _label_text(value)
+    if not label:
+        raise _RowProblem("missing label")
+    if allowed is not None and label not in allowed:
+        raise _RowProblem(f"label not in the label set: {label!r}")
+    return label
+
+
+def _parse_split(value: Any) -> str | None:
+    if _is_missing(value) or not str(value).strip():
+        return None
+    name = SPLIT_NAMES.get(str(value).strip().lower())
+    if name is None:
+        raise _RowProblem(f"unknown split: {value!r} (use train, val / valid / validation / dev, or test)")
+    return name
+
+
+def _image_path(value: Any, base: str) -> str | None:
+    """An absolute path, or None when the cell is empty (the row simply has no image)."""
+    if _is_missing(value):
+        return None
+    text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    text = text.strip()
+    if not text:
+        return None
+    if _URL.match(text):
+        raise _RowProblem("URLs are not supported: download the images and point at local files")
+    path = os.path.expanduser(text)
+    # Relative paths are relative to the manifest file, not the working directory, so a data
+    # folder can be moved or run from anywhere.
+    return os.path.abspath(os.path.join(base, path))
+
+
+# ----- the manifest ---------------------------------------------------------------------------
+
+def _columns_for(data: DataConfig, builtin: str | None) -> dict[str, str | None]:
+    columns = {role: getattr(data.columns, role) for role in ("image", "text", "label", "split")}
+    if builtin is not None:
+        # A built-in knows its own column names; they apply to every role the user left at the
+        # default, so `source: easy_vqa` works as is, and an explicit setting still wins.
+        explicit = data.columns.model_fields_set
+        for role, column in builtin_columns(builtin).items():
+            if role not in explicit:
+                columns[role] = column
+    return columns
+
+
+def _check_columns(table: pd.DataFrame, name: str, wanted: dict[str, str]) -> None:
+    missing = [(role, column) for role, column in wanted.items() if column not in table.columns]
+    if missing:
+        described = "; ".join(f"column {column!r} (data.columns.{role}) not found" for role, column in missing)
+        existing = ", ".join(repr(str(c)) for c in table.columns) or "(none)"
+        raise DataError(f"{name}: {described}; the table has columns: {existing}")
+
+
+def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: str,
+                  modalities: list[str], labels: list[str] | None = None,
+                  require_label: bool = True) -> Manifest:
+    """Read and check a table (or built-in data set) into a Manifest of good rows + bad rows.
+
+    require_label=False is for prediction: the label column may be absent, and a missing or
+    unknown label leaves `label` None instead of making the row bad.
+    """
+    if task not in TASKS:
+        raise ConfigError(f"task {task!r}: expected one of {', '.join(TASKS)}")
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown:
+        raise ConfigError(f"unknown modalities {unknown}; expected image and/or text")
+
+    builtin = None
+    if isinstance(source, str) and source in builtin_names():
+        builtin = source
+        table, name, base = load_builtin(source), source, os.getcwd()  # its paths are absolute
+    else:
+        table, name = read_table(source)
+        base = os.getcwd() if isinstance(source, pd.DataFrame) else str(Path(source).expanduser().resolve().parent)
+
+    columns = _columns_for(data, builtin)
+    used = [m for m in MODALITIES if m in modalities and columns[m] is not None]
+    if not used:
+        raise ConfigError("no input modality: set data.columns.image and/or data.columns.text")
+    wanted = {m: columns[m] for m in used}
+    if require_label or columns["label"] in table.columns:
+        wanted["label"] = columns["label"]
+    if columns["split"] is not None:
+        wanted["split"] = columns["split"]
+    _check_columns(table, name, wanted)
+
+    n = len(table)
+    cells = {role: table[column].tolist() for role, column in wanted.items()}
+    empty = [None] * n
+    allowed_list = labels if labels is not None else data.labels
+    allowed = {str(v) for v in allowed_list} if allowed_list is not None and task != "regression" else None
+
+    out = {"row": [], "image": [], "text": [], "label": [], "split": []}
+    bad: list[BadRow] = []
+    pending: list[tuple[int, dict[str, Any]]] = []  # rows that passed the cheap checks
+
+    # Cheap checks first (text, label, split, path syntax); images are decoded afterwards, once
+    # per unique path and only for rows that are otherwise good.
+    for i in range(n):
+        record: dict[str, Any] = {"row": i + 1}
+        role = ""
+        try:
+            role = "image"
+            record["image"] = _image_path(cells["image"][i], base) if "image" in cells else None
+            role = "text"
+            value = cells["text"][i] if "text" in cells else None
+            # A missing cell means "no text for this row"; a present but blank one is an error.
+            record["text"] = None if _is_missing(value) else clean_text(value, max_chars=data.max_text_chars)
+            role = "label"
+            if "label" in cells:
+                try:
+                    record["label"] = _parse_label(cells["label"][i], task, allowed, data.label_separator)
+                except _RowProblem:
+                    if require_label:
+                        raise
+                    record["label"] = None
+            else:
+                record["label"] = None
+            role = "split"
+            record["split"] = _parse_split(cells["split"][i]) if "split" in cells else None
+        except (_RowProblem, MediaError) as error:
+            bad.append(BadRow(name, i + 1, role, str(error), wanted.get(role)))
+            continue
+        if all(record[m] is None for m in used):
+            bad.append(BadRow(name, i + 1, "row", "no " + " and no ".join(used)))
+            continue
+        pending.append((i, record))
+
+    reasons: dict[str, str | None] = {}
+    for _, record in pending:
+        path = record["image"]
+        if path is not None and path not in reasons:
+            reasons[path] = check_image(path, max_pixels=data.max_pixels)
+
+    for i, record in pending:
+        reason = reasons.get(record["image"]) if record["image"] is not None else None
+        if reason is not None:
+            bad.append(BadRow(name, i + 1, "image", reason, wanted.get("image")))
+            continue
+        for key in out:
+            out[key].append(record[key])
+
+    bad.sort(key=lambda b: b.row)
+    if task == "regression":
+        label_column = pd.Series(out["label"], dtype="float64" if require_label else "object")
+    else:
+        label_column = pd.Series(out["label"], dtype="object")
+    frame = pd.DataFrame({
+        "row": pd.Series(out["row"], dtype="int64"),
+        "image": pd.Series(out["image"], dtype="object"),
+        "text": pd.Series(out["text"], dtype="object"),
+        "label": label_column,
+        "split": pd.Series(out["split"], dtype="object"),
+    })
+    manifest = Manifest(frame=frame, bad_rows=bad, source=name)
+    if data.strict and bad:
+        lines = [f"  {b}" for b in bad[:STRICT_LIST_LIMIT]]
+        if len(bad) > STRICT_LIST_LIMIT:
+            lines.append(f"  … and {len(bad) - STRICT_LIST_LIMIT} more")
+        raise DataError(f"{name}: {len(bad)} bad row(s) of {n}, and data.strict is on "
+                        "(turn it off to skip and count them):\n" + "\n".join(lines))
+    return manifest
+
+
+# ----- splitting ------------------------------------------------------------------------------
+
+def _normalise_split(values: pd.Series) -> pd.Series:
+    def one(value: Any) -> str | None:
+        try:
+            return _parse_split(value)
+        except _RowProblem as error:
+            raise DataError(str(error)) from None
+
+    return values.map(one).astype("object")
+
+
+def _group_keys(frame: pd.DataFrame, grouped: bool) -> list[str]:
+    # Rows without an image (or when grouping is off) are their own group. The "\0" prefix
+    # keeps these keys from colliding with a real path.
+    images = frame["image"].tolist() if "image" in frame else [None] * len(frame)
+    return [img if grouped and isinstance(img, str) else f"\0{i}" for i, img in enumerate(images)]
+
+
+def _carve(frame: pd.DataFrame, buckets: list[tuple[str, float]], seed: int, grouped: bool) -> list[str]:
+    """Assign each row of `frame` to one of `buckets` (name, fraction of these rows) or "train".
+
+    Groups are shuffled with a seeded generator after sorting their keys, so the result depends
+    only on the rows' content and the seed, not on row order. Each bucket with a positive
+    fraction gets at least one group, as long as one group is left for training.
+    """
+    keys = _group_keys(frame, grouped)
+    sizes = Counter(keys)
+    groups = sorted(sizes)
+    order = np.random.default_rng(seed).permutation(len(groups))
+    n = len(frame)
+    targets = [(name, max(1, round(fraction * n))) for name, fraction in buckets if fraction > 0]
+    assigned: dict[str, str] = {}
+    bucket, filled = 0, 0
+    for position, index in enumerate(order):
+        group = groups[index]
+        last = position == len(order) - 1
+        if bucket < len(targets) and not last:
+            name, target = targets[bucket]
+            assigned[group] = name
+            filled += sizes[group]
+            if filled >= target:
+                bucket, filled = bucket + 1, 0
+        else:
+            assigned[group] = "train"
+    return [assigned[k] for k in keys]
+
+
+def split_manifest(manifest: Manifest, data: DataConfig) -> dict[str, pd.DataFrame]:
+    """{"train", "val", "test"} frames (possibly empty). Deterministic for a given data.split_seed.
+
+    A split column wins where it has values; rows without one join the training pool. A split
+    missing from the column (e.g. no val rows) is carved out of that pool with the configured
+    fraction — of the pool, not of the whole table.
+    """
+    frame = manifest.frame.reset_index(drop=True)
+    has_column = "split" in frame and frame["split"].notna().any()
+    split = _normalise_split(frame["split"]) if has_column else pd.Series([None] * len(frame), dtype="object")
+    grouped = data.group_split_by_image
+    fractions = {"test": data.test_fraction, "val": data.val_fraction}
+
+    if has_column:
+        present = set(split.dropna())
+        missing = [(name, fractions[name]) for name in ("test", "val") if name not in present]
+        pool = split.isna() | (split == "train")
+    else:
+        missing = [("test", data.test_fraction), ("val", data.val_fraction)]
+        pool = pd.Series(True, index=frame.index)
+
+    assignment = split.copy()
+    assignment[pool] = "train"
+    if missing and pool.any():
+        assignment[pool] = _carve(frame[pool].reset_index(drop=True), missing, data.split_seed, grouped)
+    return {name: frame[assignment == name].reset_index(drop=True) for name in ("train", "val", "test")}

@@ -1,0 +1,91 @@
+"""Turn a manifest frame (one row per good row) into a TableDataset for a model.
+
+Frozen encoders are read from / written to the feature cache; trainable ones get their inputs
+prepared once per unique input (decoded, resized pixels; token ids) and kept in memory.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .data.batching import ModalityColumn, TableDataset, unique_index
+from .data.media import open_image
+from .encoders import Encoder
+from .encoders.cache import FeatureCache
+
+log = logging.getLogger(__name__)
+PREPARE_CHUNK = 512
+
+
+def image_loader(max_pixels: int):
+    def load(paths: list[str]) -> list[Any]:
+        return [open_image(p, max_pixels=max_pixels) for p in paths]
+
+    return load
+
+
+def text_loader(texts: list[str]) -> list[str]:
+    return texts
+
+
+def encode_targets(frame: pd.DataFrame, task: str, labels: list[str]) -> Tensor | None:
+    if "label" not in frame or frame["label"].isna().all():
+        return None
+    if task == "regression":
+        return torch.tensor(frame["label"].astype(float).to_numpy(), dtype=torch.float32)
+    position = {label: i for i, label in enumerate(labels)}
+    if task == "multilabel":
+        target = torch.zeros(len(frame), len(labels))
+        for row, tags in enumerate(frame["label"]):
+            target[row, [position[t] for t in tags]] = 1.0
+        return target
+    return torch.tensor([position[v] for v in frame["label"]], dtype=torch.long)
+
+
+def prepare_all(encoder: Encoder, values: list[Any], load) -> dict[str, Tensor]:
+    """encoder.prepare over every unique input, in chunks, padded to one table."""
+    parts = [encoder.prepare(load(values[i : i + PREPARE_CHUNK])) for i in range(0, len(values), PREPARE_CHUNK)]
+    if not parts:
+        return {}
+    table = {}
+    for key in parts[0]:
+        pieces = [p[key] for p in parts]
+        if pieces[0].dim() == 2:  # token ids / masks: pad to the widest chunk
+            width = max(p.shape[1] for p in pieces)
+            pieces = [torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in pieces]
+        table[key] = torch.cat(pieces)
+    return table
+
+
+def build_dataset(frame: pd.DataFrame, encoders: dict[str, Encoder], *, task: str, labels: list[str],
+                  max_pixels: int, cache: FeatureCache | None, group_by_image: bool,
+                  device: str | torch.device = "cpu") -> TableDataset:
+    columns = {}
+    for modality, encoder in encoders.items():
+        raw = frame[modality].tolist() if modality in frame else [None] * len(frame)
+        raw = [None if (v is None or (isinstance(v, float) and np.isnan(v))) else v for v in raw]
+        index, values = unique_index(raw)
+        load = image_loader(max_pixels) if modality == "image" else text_loader
+        column = ModalityColumn(index=index, values=values)
+        if not values:
+            pass  # every row lacks this modality: batches carry present=False only
+        elif not encoder.trainable and cache is not None:
+            column.features = cache.features(encoder, values, load, device=device)
+            stats = cache.last_stats
+            log.info("%s features: %d computed, %d reused from cache, %.1fs", modality,
+                     stats["computed"], stats["reused"], stats["seconds"])
+        else:
+            column.prepared = prepare_all(encoder, values, load)
+        columns[modality] = column
+    if group_by_image and "image" in columns:
+        image_index = columns["image"].index.numpy()
+        # Rows without an image form their own groups, after the images.
+        groups = np.where(image_index >= 0, image_index, image_index.max(initial=0) + 1 + np.arange(len(frame)))
+    else:
+        groups = np.arange(len(frame))
+    return TableDataset(columns, encode_targets(frame, task, labels), groups)

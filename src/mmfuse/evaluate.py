@@ -1,0 +1,192 @@
+"""Metrics, modality contributions, and the evaluation report (report.md + plots)."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics.functional import classification as C
+from torchmetrics.functional import regression as R
+
+from .data.batching import TableDataset
+from .model import MultimodalModel
+from .train import make_loader
+
+HEADLINE = {"classification": "accuracy", "multilabel": "micro_f1", "regression": "rmse"}
+
+
+@torch.no_grad()
+def predict_outputs(model: MultimodalModel, dataset: TableDataset, config, device: str = "cpu") -> Tensor:
+    """Raw head outputs for every row of `dataset`, in row order."""
+    model.eval().to(device)
+    outputs = torch.empty(0)
+    rows = []
+    parts = []
+    for batch in make_loader(dataset, config, shuffle=False):
+        batch = _to(batch, device)
+        parts.append(model(batch).float().cpu())
+        rows.append(batch.rows.cpu())
+    if parts:
+        outputs = torch.cat(parts)[torch.argsort(torch.cat(rows))]
+    return outputs
+
+
+def _to(batch, device):
+    if str(device) == "cpu":
+        return batch
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    return move_data_to_device(batch, device)
+
+
+def without(dataset: TableDataset, modality: str) -> TableDataset:
+    """The same rows with one modality removed from every row (masked, not zero-filled)."""
+    columns = dict(dataset.columns)
+    column = columns[modality]
+    columns[modality] = replace(column, index=torch.full_like(column.index, -1))
+    return TableDataset(columns, dataset.target, dataset.groups)
+
+
+def classification_metrics(scores: Tensor, target: Tensor, labels: list[str]) -> tuple[dict, list[dict], Tensor]:
+    n = len(labels)
+    common = {"num_classes": n}
+    metrics = {
+        "accuracy": C.multiclass_accuracy(scores, target, average="micro", **common).item(),
+        "macro_f1": C.multiclass_f1_score(scores, target, average="macro", **common).item(),
+        "micro_f1": C.multiclass_f1_score(scores, target, average="micro", **common).item(),
+        "macro_precision": C.multiclass_precision(scores, target, average="macro", **common).item(),
+        "macro_recall": C.multiclass_recall(scores, target, average="macro", **common).item(),
+    }
+    if n == 2:
+        metrics["auroc"] = C.binary_auroc(scores[:, 1], target).item()
+    else:
+        metrics["auroc"] = C.multiclass_auroc(scores, target, average="macro", **common).item()
+    precision = C.multiclass_precision(scores, target, average=None, **common)
+    recall = C.multiclass_recall(scores, target, average=None, **common)
+    f1 = C.multiclass_f1_score(scores, target, average=None, **common)
+    support = torch.bincount(target, minlength=n)
+    per_class = [{"label": labels[i], "precision": precision[i].item(), "recall": recall[i].item(),
+                  "f1": f1[i].item(), "support": int(support[i])} for i in range(n)]
+    confusion = C.multiclass_confusion_matrix(scores, target, **common)
+    return metrics, per_class, confusion
+
+
+def multilabel_metrics(scores: Tensor, target: Tensor, labels: list[str]) -> tuple[dict, list[dict], None]:
+    n, target = len(labels), target.long()
+    metrics = {
+        "micro_f1": C.multilabel_f1_score(scores, target, num_labels=n, average="micro").item(),
+        "macro_f1": C.multilabel_f1_score(scores, target, num_labels=n, average="macro").item(),
+        "macro_precision": C.multilabel_precision(scores, target, num_labels=n, average="macro").item(),
+        "macro_recall": C.multilabel_recall(scores, target, num_labels=n, average="macro").item(),
+        "exact_match": C.multilabel_exact_match(scores, target, num_labels=n).item(),
+        "auroc": C.multilabel_auroc(scores, target, num_labels=n, average="macro").item(),
+    }
+    f1 = C.multilabel_f1_score(scores, target, num_labels=n, average=None)
+    per_class = [{"label": labels[i], "f1": f1[i].item(), "support": int(target[:, i].sum())} for i in range(n)]
+    return metrics, per_class, None
+
+
+def regression_metrics(scores: Tensor, target: Tensor) -> tuple[dict, list, None]:
+    return {"rmse": R.mean_squared_error(scores, target, squared=False).item(),
+            "mae": R.mean_absolute_error(scores, target).item(),
+            "r2": R.r2_score(scores, target).item() if len(target) > 1 else float("nan")}, [], None
+
+
+def compute_metrics(task: str, outputs: Tensor, target: Tensor, labels: list[str], head) -> tuple[dict, list, Tensor | None]:
+    scores = head.scores(outputs)
+    if task == "classification":
+        return classification_metrics(scores, target, labels)
+    if task == "multilabel":
+        return multilabel_metrics(scores, target, labels)
+    return regression_metrics(scores, target)
+
+
+def evaluate_dataset(model: MultimodalModel, dataset: TableDataset, config, labels: list[str],
+                     device: str = "cpu") -> dict[str, Any]:
+    """Metrics on `dataset`, plus the headline metric with each modality masked out."""
+    if dataset.target is None:
+        raise ValueError("evaluation needs labels")
+    task = config.task
+    outputs = predict_outputs(model, dataset, config, device)
+    metrics, per_class, confusion = compute_metrics(task, outputs, dataset.target, labels, model.head)
+    headline = HEADLINE[task]
+    contribution = {"all": metrics[headline]}
+    if len(dataset.columns) > 1:
+        for modality in dataset.columns:
+            masked = predict_outputs(model, without(dataset, modality), config, device)
+            contribution[f"without_{modality}"] = compute_metrics(task, masked, dataset.target, labels, model.head)[0][headline]
+    return {"metrics": metrics, "per_class": per_class, "confusion": confusion,
+            "modality_contribution": contribution, "rows": len(dataset), "headline": headline}
+
+
+def write_report(result: dict[str, Any], out_dir: str | Path, *, title: str, labels: list[str]) -> Path:
+    """report.md with the metric table, per-class table, modality contributions and plots."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {title}", "", f"{result['rows']} rows.", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in result["metrics"].items()]
+    lines += ["", "## Modality contribution", "",
+              f"The {result['headline']} with each modality masked out of every row (absent, not zero-filled).", "",
+              "| inputs | value |", "|---|---|"]
+    lines += [f"| {k.replace('_', ' ')} | {v:.4f} |" for k, v in result["modality_contribution"].items()]
+    if result["per_class"]:
+        keys = [k for k in result["per_class"][0] if k != "label"]
+        lines += ["", "## Per class", "", "| label | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for row in result["per_class"]:
+            cells = [f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k]) for k in keys]
+            lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    if result["confusion"] is not None:
+        plot_confusion(result["confusion"], labels, out / "confusion.png")
+        lines += ["", "## Confusion matrix", "", "![confusion matrix](confusion.png)"]
+    plot_contribution(result["modality_contribution"], result["headline"], out / "modality_contribution.png")
+    lines += ["", "## Modality contribution plot", "", "![modality contribution](modality_contribution.png)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    (out / "metrics.json").write_text(json.dumps(
+        {k: result[k] for k in ("metrics", "per_class", "modality_contribution", "rows")}, indent=2))
+    return path
+
+
+def plot_confusion(confusion: Tensor, labels: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(4.0, 0.45 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(confusion.numpy(), cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), value in _cells(confusion):
+        if value:
+            ax.text(j, i, str(int(value)), ha="center", va="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _cells(matrix: Tensor):
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            yield (i, j), matrix[i, j].item()
+
+
+def plot_contribution(contribution: dict[str, float], headline: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    names = [k.replace("_", " ") for k in contribution]
+    ax.bar(names, list(contribution.values()), color=["#4c72b0"] + ["#dd8452"] * (len(names) - 1))
+    ax.set_ylabel(headline)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

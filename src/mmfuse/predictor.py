@@ -1,0 +1,192 @@
+"""Predictor: the Python API over the whole pipeline (the CLI calls the same methods).
+
+    p = Predictor(config).fit(train_df, val_df)
+    p.evaluate(test_df); p.predict(df); p.save("dir"); Predictor.load("dir")
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+
+from .config import Config, load_config, parse_config
+from .data.manifest import BadRow, load_manifest, split_manifest
+from .dataset import build_dataset
+from .encoders.cache import FeatureCache
+from .errors import MmfuseError
+from .evaluate import evaluate_dataset, predict_outputs, write_report
+from .model import MultimodalModel, build_encoders, build_model
+
+log = logging.getLogger(__name__)
+DIRECT_ROWS = 256
+MANIFEST_MARK = "mmfuse_manifest"
+
+
+def mark(frame: pd.DataFrame) -> pd.DataFrame:
+    """Tag a frame as validated manifest rows, so it is not read as a user table again."""
+    frame.attrs[MANIFEST_MARK] = True
+    return frame
+
+
+def _as_config(config: Config | dict | str | Path | None) -> Config:
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, dict):
+        return parse_config(config)
+    return load_config(config)
+
+
+class Predictor:
+    def __init__(self, config: Config | dict | str | Path | None = None):
+        self.config = _as_config(config)
+        self.labels: list[str] = list(self.config.data.labels or [])
+        self.model: MultimodalModel | None = None
+        self.fit_summary: dict[str, Any] = {}
+        self.metrics: dict[str, Any] = {}
+        self.bad_rows: list[BadRow] = []
+
+    # ----- data -----------------------------------------------------------------------------
+    def read(self, data: Any, *, labelled: bool = True) -> pd.DataFrame:
+        """A table (DataFrame / path / built-in name / list of dicts) -> the manifest frame of good rows."""
+        if isinstance(data, pd.DataFrame) and data.attrs.get(MANIFEST_MARK):
+            return data  # already validated (a split of ours)
+        if isinstance(data, list):
+            data = pd.DataFrame(data)
+        manifest = load_manifest(data, self.config.data, task=self.config.task,
+                                 modalities=self.config.modalities(), labels=self.labels or None,
+                                 require_label=labelled)
+        if manifest.bad_rows:
+            log.warning("%s", manifest.summary())
+            for bad in manifest.bad_rows[:20]:
+                log.warning("  %s", bad)
+        self.bad_rows.extend(manifest.bad_rows)
+        return mark(manifest.frame)
+
+    def splits(self) -> dict[str, pd.DataFrame]:
+        """The configured source (and test_source) split into train / val / test."""
+        manifest = load_manifest(self.config.data.source, self.config.data, task=self.config.task,
+                                 modalities=self.config.modalities(), labels=self.labels or None)
+        self.bad_rows.extend(manifest.bad_rows)
+        if manifest.bad_rows:
+            log.warning("%s", manifest.summary())
+        parts = split_manifest(manifest, self.config.data)
+        if self.config.data.test_source:
+            parts["test"] = self.read(self.config.data.test_source)
+        return {name: mark(frame) for name, frame in parts.items()}
+
+    def _dataset(self, frame: pd.DataFrame, *, cache: bool = True):
+        assert self.model is not None
+        return build_dataset(frame, dict(self.model.encoders), task=self.config.task, labels=self.labels,
+                             max_pixels=self.config.data.max_pixels,
+                             cache=FeatureCache(self.config.cache_dir) if cache else None,
+                             group_by_image=self.config.train.group_by_image, device=self.device)
+
+    @property
+    def device(self) -> str:
+        wants_gpu = self.config.train.accelerator in ("auto", "gpu", "cuda")
+        return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
+
+    # ----- training -------------------------------------------------------------------------
+    def fit(self, train: Any = None, val: Any = None, *, resume: str | Path | None = None,
+            callbacks: Sequence[Any] = (), output_dir: str | Path | None = None) -> "Predictor":
+        from .train import fit_model
+
+        if train is None:
+            parts = self.splits()
+            train_frame, val_frame = parts["train"], parts["val"] if val is None else self.read(val)
+            self._test_frame = parts.get("test")
+        else:
+            train_frame = self.read(train)
+            val_frame = self.read(val) if val is not None else None
+        if len(train_frame) == 0:
+            raise MmfuseError("no good training rows left (see the bad rows reported above)")
+        if not self.labels and self.config.task != "regression":
+            self.labels = infer_labels(train_frame, self.config.task)
+        encoders = build_encoders(self.config)
+        for modality, encoder in encoders.items():
+            encoder.fit([v for v in train_frame[modality].tolist() if isinstance(v, str)])
+        self.model = build_model(self.config, len(self.labels), encoders)
+        train_set = self._dataset(train_frame)
+        val_set = self._dataset(val_frame) if val_frame is not None and len(val_frame) else None
+        self.fit_summary = fit_model(self.model, train_set, val_set, self.config,
+                                     output_dir=output_dir or self.config.output_dir, resume=resume,
+                                     callbacks=callbacks)
+        self.model.eval()
+        return self
+
+    # ----- evaluation and prediction ------------------------------------------------------------
+    def evaluate(self, data: Any = None, *, report_dir: str | Path | None = None,
+                 title: str = "Evaluation") -> dict[str, Any]:
+        self._need_model()
+        frame = self.read(data) if data is not None else self._default_test()
+        result = evaluate_dataset(self.model, self._dataset(frame), self.config, self.labels, self.device)
+        if report_dir is not None:
+            write_report(result, report_dir, title=title, labels=self.labels)
+        self.metrics = {"metrics": result["metrics"], "modality_contribution": result["modality_contribution"],
+                        "rows": result["rows"]}
+        return result
+
+    def _default_test(self) -> pd.DataFrame:
+        frame = getattr(self, "_test_frame", None)
+        if frame is None:
+            frame = self.splits()["test"]
+        if frame is None or len(frame) == 0:
+            raise MmfuseError("no test rows: pass data, or configure a test split / data.test_source")
+        return frame
+
+    def predict_scores(self, data: Any) -> tuple[pd.DataFrame, torch.Tensor]:
+        """(good rows, scores) — probabilities per label, or the regression value."""
+        self._need_model()
+        frame = self.read(data, labelled=False)
+        # Big tables go through the feature cache; a few rows (a served request) are encoded directly.
+        dataset = self._dataset(frame.assign(label=None), cache=len(frame) > DIRECT_ROWS)
+        outputs = predict_outputs(self.model, dataset, self.config, self.device)
+        return frame, self.model.head.scores(outputs)
+
+    def predict(self, data: Any, *, top_k: int = 3) -> pd.DataFrame:
+        """One output row per good input row: `row`, `prediction`, and top-k labels with scores."""
+        frame, scores = self.predict_scores(data)
+        out = pd.DataFrame({"row": frame["row"].to_numpy()})
+        if self.config.task == "regression":
+            out["prediction"] = scores.numpy()
+            return out
+        if self.config.task == "multilabel":
+            out["prediction"] = ["|".join(self.labels[i] for i in torch.nonzero(s > 0.5).flatten().tolist())
+                                 for s in scores]
+        else:
+            out["prediction"] = [self.labels[i] for i in scores.argmax(-1).tolist()]
+        top = scores.topk(min(top_k, scores.shape[1]), dim=-1)
+        for k in range(top.indices.shape[1]):
+            out[f"top{k + 1}"] = [self.labels[i] for i in top.indices[:, k].tolist()]
+            out[f"top{k + 1}_score"] = top.values[:, k].numpy()
+        return out
+
+    def modality_weights(self) -> dict[str, float] | None:
+        self._need_model()
+        return self.model.fusion.modality_weights()
+
+    def _need_model(self) -> None:
+        if self.model is None:
+            raise MmfuseError("this Predictor has no trained model: call fit() or Predictor.load(dir)")
+
+    # ----- artifacts ----------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        from .artifact import save_artifact
+
+        self._need_model()
+        return save_artifact(self, directory)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Predictor":
+        from .artifact import load_artifact
+
+        return load_artifact(cls, directory)
+
+
+def infer_labels(frame: pd.DataFrame, task: str) -> list[str]:
+    if task == "multilabel":
+        return sorted({tag for tags in frame["label"] for tag in tags})
+    return sorted(set(frame["label"]))

@@ -1,0 +1,165 @@
+"""Training: a LightningModule around MultimodalModel, and fit_model() that runs Lightning.
+
+Lightning owns the loop: AdamW, warm-up + one-cycle/cosine, checkpoints (best + last), resume,
+early stopping, TensorBoard, AMP on a GPU, DDP when several devices are given.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from .config import Config
+from .data.batching import Batch, GroupBatchSampler, TableDataset
+from .model import MultimodalModel
+
+log = logging.getLogger(__name__)
+
+# Which validation number picks the best checkpoint, per task (name, mode).
+MONITOR = {"classification": ("val_acc", "max"), "multilabel": ("val_f1", "max"), "regression": ("val_mse", "min")}
+
+
+def identity(batch: Batch) -> Batch:
+    return batch
+
+
+def make_loader(dataset: TableDataset, config: Config, *, shuffle: bool, rank: int = 0, world: int = 1) -> DataLoader:
+    per_batch = config.train.batch_size
+    if not config.train.group_by_image:
+        per_batch = config.train.batch_size  # groups are single rows then
+    sampler = GroupBatchSampler(dataset.groups, per_batch, shuffle=shuffle, seed=config.train.seed,
+                                rank=rank, world=world)
+    return DataLoader(dataset, sampler=sampler, batch_size=None, collate_fn=identity,
+                      num_workers=config.train.num_workers, persistent_workers=config.train.num_workers > 0)
+
+
+def frozen_prefixes(model: MultimodalModel) -> list[str]:
+    return [f"model.encoders.{m}." for m, e in model.encoders.items() if not e.trainable]
+
+
+class FusionTask(L.LightningModule):
+    def __init__(self, model: MultimodalModel, config: Config, steps_per_epoch: int):
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.steps_per_epoch = steps_per_epoch
+        self.monitor, self.mode = MONITOR[config.task]
+        # Frozen encoders are rebuilt from their source, not stored in checkpoints.
+        self.strict_loading = False
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def on_train_epoch_start(self) -> None:
+        # Randomness of an epoch depends only on (seed, epoch): a resumed run matches an
+        # uninterrupted one. Frozen encoders stay in eval mode (BatchNorm statistics).
+        torch.manual_seed(self.config.train.seed * 1000 + self.current_epoch)
+        for encoder in self.model.encoders.values():
+            if not encoder.trainable:
+                encoder.eval()
+
+    def training_step(self, batch: Batch, _: int) -> torch.Tensor:
+        output = self.model(batch)
+        loss = self.model.head.loss(output, batch.target)
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch.size)
+        return loss
+
+    def validation_step(self, batch: Batch, _: int) -> None:
+        output = self.model(batch)
+        self.log("val_loss", self.model.head.loss(output, batch.target), batch_size=batch.size, sync_dist=True)
+        self._val.append((output.detach().float().cpu(), batch.target.cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        output = torch.cat([o for o, _ in self._val])
+        target = torch.cat([t for _, t in self._val])
+        self._val.clear()
+        self.log(self.monitor, validation_score(self.config.task, output, target), prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        cfg = self.config.train
+        optimizer = torch.optim.AdamW(self.model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        total = max(1, cfg.epochs * self.steps_per_epoch)
+        if cfg.schedule == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
+                                                            pct_start=max(cfg.warmup_fraction, 0.01))
+        elif cfg.schedule == "cosine":
+            warm = int(cfg.warmup_fraction * total)
+
+            def factor(step: int) -> float:
+                if step < warm:
+                    return (step + 1) / warm
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        else:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        prefixes = frozen_prefixes(self.model)
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if not k.startswith(tuple(prefixes))}
+
+
+def validation_score(task: str, output: torch.Tensor, target: torch.Tensor) -> float:
+    if task == "classification":
+        return (output.argmax(-1) == target).float().mean().item()
+    if task == "multilabel":
+        from torchmetrics.functional.classification import multilabel_f1_score
+
+        return multilabel_f1_score(output.sigmoid(), target.long(), num_labels=target.shape[1],
+                                   average="micro").item()
+    return torch.mean((output - target) ** 2).item()
+
+
+def resolve_precision(config: Config) -> str:
+    if config.train.precision != "auto":
+        return config.train.precision
+    return "bf16-mixed" if torch.cuda.is_available() and config.train.accelerator != "cpu" else "32-true"
+
+
+def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | None, config: Config, *,
+              output_dir: str | Path, resume: str | Path | None = None,
+              callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Train `model` in place (it ends holding the best checkpoint's weights) and return a summary."""
+    output_dir = Path(output_dir)
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    has_val = val is not None and len(val) > 0
+    monitor, mode = MONITOR[config.task]
+    checkpoint = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="best",
+                                 monitor=monitor if has_val else None, mode=mode, save_last=True,
+                                 save_top_k=1, enable_version_counter=False)
+    extra: list[Callback] = [checkpoint, *callbacks]
+    if has_val and config.train.early_stopping_patience:
+        extra.append(EarlyStopping(monitor=monitor, mode=mode, patience=config.train.early_stopping_patience))
+    trainer = L.Trainer(
+        max_epochs=config.train.epochs, accelerator=config.train.accelerator, devices=config.train.devices,
+        precision=resolve_precision(config), gradient_clip_val=config.train.grad_clip, callbacks=extra,
+        logger=TensorBoardLogger(str(output_dir), name="logs", version=""),
+        enable_progress_bar=config.train.progress_bar, enable_model_summary=False,
+        use_distributed_sampler=False, num_sanity_val_steps=0, log_every_n_steps=10,
+        default_root_dir=str(output_dir),
+    )
+    rank, world = trainer.global_rank, trainer.world_size
+    train_loader = make_loader(train, config, shuffle=True, rank=rank, world=world)
+    val_loader = make_loader(val, config, shuffle=False, rank=rank, world=world) if has_val else None
+    task = FusionTask(model, config, steps_per_epoch=len(train_loader))
+    start = time.perf_counter()
+    trainer.fit(task, train_loader, val_loader, ckpt_path=str(resume) if resume else None, weights_only=True)
+    seconds = time.perf_counter() - start
+    best = checkpoint.best_model_path if has_val and checkpoint.best_model_path else checkpoint.last_model_path
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        task.load_state_dict(state, strict=False)
+    score = checkpoint.best_model_score
+    return {"train_seconds": seconds, "epochs": trainer.current_epoch, "best_checkpoint": best,
+            "last_checkpoint": checkpoint.last_model_path,
+            f"best_{monitor}": None if score is None else float(score)}
