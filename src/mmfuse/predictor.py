@@ -105,6 +105,8 @@ class Predictor:
             raise MmfuseError("no good training rows left (see the bad rows reported above)")
         if not self.labels and self.config.task != "regression":
             self.labels = infer_labels(train_frame, self.config.task)
+        # Seed before building: the initial weights are part of what a seed must reproduce.
+        torch.manual_seed(self.config.train.seed)
         encoders = build_encoders(self.config)
         for modality, encoder in encoders.items():
             encoder.fit([v for v in train_frame[modality].tolist() if isinstance(v, str)])

@@ -57,12 +57,16 @@ class FusionTask(L.LightningModule):
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def on_train_epoch_start(self) -> None:
-        # Randomness of an epoch depends only on (seed, epoch): a resumed run matches an
-        # uninterrupted one. Frozen encoders stay in eval mode (BatchNorm statistics).
-        torch.manual_seed(self.config.train.seed * 1000 + self.current_epoch)
+        # Frozen encoders stay in eval mode (BatchNorm statistics, no dropout).
         for encoder in self.model.encoders.values():
             if not encoder.trainable:
                 encoder.eval()
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        # Dropout randomness depends only on (seed, epoch, step), not on how many random numbers
+        # something else drew (a DataLoader draws one per iterator): a resumed run then repeats
+        # an uninterrupted one exactly.
+        torch.manual_seed(hash((self.config.train.seed, self.current_epoch, batch_idx)) % 2**62)
 
     def training_step(self, batch: Batch, _: int) -> torch.Tensor:
         output = self.model(batch)
@@ -109,6 +113,19 @@ class FusionTask(L.LightningModule):
                                     if not k.startswith(tuple(prefixes))}
 
 
+class EpochSummary(Callback):
+    """One log line per epoch when the progress bar is off (logs, CI, `make demo`)."""
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train_loss", module.monitor)}
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        log.info("epoch %d/%d  %s  (%.1f s)", trainer.current_epoch + 1, trainer.max_epochs, shown,
+                 time.perf_counter() - self.start)
+
+
 def validation_score(task: str, output: torch.Tensor, target: torch.Tensor) -> float:
     if task == "classification":
         return (output.argmax(-1) == target).float().mean().item()
@@ -118,6 +135,12 @@ def validation_score(task: str, output: torch.Tensor, target: torch.Tensor) -> f
         return multilabel_f1_score(output.sigmoid(), target.long(), num_labels=target.shape[1],
                                    average="micro").item()
     return torch.mean((output - target) ** 2).item()
+
+
+def resumed_epoch(checkpoint: str | Path) -> int:
+    """The epoch a run resumed from `checkpoint` starts with (the epochs it had finished)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
 
 
 def resolve_precision(config: Config) -> str:
@@ -134,10 +157,16 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     has_val = val is not None and len(val) > 0
     monitor, mode = MONITOR[config.task]
+    # Two checkpoints: the best by the validation metric, and the latest epoch (for --resume).
+    # Lightning's save_last only writes when a best checkpoint is written, so "last" is its own callback.
     checkpoint = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="best",
-                                 monitor=monitor if has_val else None, mode=mode, save_last=True,
-                                 save_top_k=1, enable_version_counter=False)
-    extra: list[Callback] = [checkpoint, *callbacks]
+                                 monitor=monitor if has_val else None, mode=mode, save_top_k=1,
+                                 enable_version_counter=False)
+    latest = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                             enable_version_counter=False)
+    extra: list[Callback] = [checkpoint, latest, *callbacks]
+    if not config.train.progress_bar:
+        extra.append(EpochSummary())
     if has_val and config.train.early_stopping_patience:
         extra.append(EarlyStopping(monitor=monitor, mode=mode, patience=config.train.early_stopping_patience))
     trainer = L.Trainer(
@@ -151,15 +180,18 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
     rank, world = trainer.global_rank, trainer.world_size
     train_loader = make_loader(train, config, shuffle=True, rank=rank, world=world)
     val_loader = make_loader(val, config, shuffle=False, rank=rank, world=world) if has_val else None
+    if resume:
+        # Lightning creates the resumed epoch's iterator before it calls set_epoch: set it first.
+        train_loader.sampler.set_epoch(resumed_epoch(resume))
     task = FusionTask(model, config, steps_per_epoch=len(train_loader))
     start = time.perf_counter()
     trainer.fit(task, train_loader, val_loader, ckpt_path=str(resume) if resume else None, weights_only=True)
     seconds = time.perf_counter() - start
-    best = checkpoint.best_model_path if has_val and checkpoint.best_model_path else checkpoint.last_model_path
+    best = checkpoint.best_model_path if has_val and checkpoint.best_model_path else latest.best_model_path
     if best:
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         task.load_state_dict(state, strict=False)
     score = checkpoint.best_model_score
     return {"train_seconds": seconds, "epochs": trainer.current_epoch, "best_checkpoint": best,
-            "last_checkpoint": checkpoint.last_model_path,
+            "last_checkpoint": latest.best_model_path,
             f"best_{monitor}": None if score is None else float(score)}
