@@ -285,7 +285,7 @@ def test_film_image_absent_rows_come_from_the_text():
 
 
 # Computed once from the implementation below; update only for an intended change to film.
-GOLDEN_FILM_SUM = 21.2388
+GOLDEN_FILM_SUM = 25.1007  # re-pinned when film moved onto TargetContextFusion (init order changed)
 
 
 def test_film_without_text_is_the_plain_image_path():

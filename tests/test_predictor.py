@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from test_data import write_huge_png
 from mmfuse import Predictor
 from mmfuse.errors import DataError, MmfuseError
 
@@ -71,14 +72,17 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, shapes_csv):
 
 def test_bad_rows_are_reported_and_the_rest_trains(tmp_path, shapes_csv):
     table = pd.read_csv(shapes_csv)
-    (tmp_path / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    whole_png = (tmp_path / "images" / "img0.png").read_bytes()
+    (tmp_path / "images" / "broken.png").write_bytes(whole_png[: len(whole_png) // 2])  # truncated
     (tmp_path / "images" / "page.jpg").write_text("<!doctype html><html></html>")
+    write_huge_png(tmp_path / "images" / "bomb.png")  # 20000 x 20000, refused before decoding
     bad = pd.DataFrame([
         {"image": "images/missing.png", "question": "what color is the square?", "answer": "red"},
         {"image": "images/broken.png", "question": "what color is the square?", "answer": "red"},
         {"image": "images/page.jpg", "question": "what color is the square?", "answer": "red"},
         {"image": "images/img0.png", "question": "   ", "answer": "red"},
         {"image": "images/img0.png", "question": "what color is the square?", "answer": "purple"},
+        {"image": "images/bomb.png", "question": "what color is the square?", "answer": "red"},
     ])
     path = tmp_path / "dirty.csv"
     pd.concat([table, bad]).to_csv(path, index=False)
@@ -86,9 +90,12 @@ def test_bad_rows_are_reported_and_the_rest_trains(tmp_path, shapes_csv):
     predictor = Predictor(tiny_config(tmp_path, path, **{"data.labels": labels, "train.epochs": 1})).fit()
     rows = {b.row: b for b in predictor.bad_rows}
     first = len(table) + 1
-    assert sorted(rows) == list(range(first, first + 5))
+    assert sorted(rows) == list(range(first, first + 6))
     assert "not found" in rows[first].reason and "looks like HTML" in rows[first + 2].reason
+    assert rows[first + 1].field == "image" and "corrupt" in rows[first + 1].reason
     assert rows[first + 3].field == "text" and rows[first + 4].field == "label"
+    assert "too large" in rows[first + 5].reason
+    assert predictor.fit_summary["epochs"] == 1  # the good rows trained
     with pytest.raises(DataError, match="row"):
         Predictor(tiny_config(tmp_path, path, **{"data.labels": labels, "data.strict": True})).fit()
 
@@ -110,3 +117,15 @@ def test_new_csv_needs_only_a_config_change(tmp_path):
 def test_unfitted_predictor_says_so():
     with pytest.raises(MmfuseError, match="fit"):
         Predictor().predict([{"image": "x.png"}])
+
+
+def test_multilabel_tagging(tmp_path, shapes_csv):
+    table = pd.read_csv(shapes_csv)
+    table["tags"] = [f"{a}|square" if a in ("red", "green", "blue") else "answer|square" for a in table["answer"]]
+    table.to_csv(tmp_path / "tags.csv", index=False)
+    config = tiny_config(tmp_path, tmp_path / "tags.csv", task="multilabel", **{"data.columns.label": "tags"})
+    predictor = Predictor(config).fit()
+    assert "square" in predictor.labels and "exact_match" in predictor.evaluate()["metrics"]
+    out = predictor.predict(table.drop(columns=["tags", "answer"]).head(4).assign(
+        image=lambda f: str(tmp_path) + "/" + f["image"]))
+    assert len(out) == 4

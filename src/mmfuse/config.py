@@ -77,7 +77,7 @@ class HeadConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(12, gt=0)
+    epochs: int = Field(20, gt=0)
     batch_size: int = Field(64, gt=0)
     # Batch by image: `batch_size` images and all their rows per step, so a trainable image
     # encoder runs once per image per step however many questions it has.
@@ -85,14 +85,14 @@ class TrainConfig(Section):
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
-    warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    warmup_fraction: float = Field(0.3, ge=0.0, lt=1.0)
     # Off by default: easy-VQA sits on a plateau for epochs before it jumps.
     early_stopping_patience: int | None = None
     seed: int = 0
     precision: str = "auto"  # auto: bf16-mixed on a GPU, 32 on a CPU
     accelerator: str = "auto"
     devices: int | str = "auto"
-    grad_clip: float | None = 1.0
+    grad_clip: float | None = None  # max gradient norm
     num_workers: int = Field(0, ge=0)
     progress_bar: bool = True
 

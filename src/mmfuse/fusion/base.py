@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..features import Features
+from ..features import Features, as_tokens
 from ..registry import Registry
 
 POOLS = ("sum", "mean", "attention")
@@ -170,6 +170,48 @@ class TokenPool(nn.Module):
             return tokens.sum(1) / mask.sum(1, keepdim=True).clamp_min(1).to(tokens.dtype)
         weights = masked_softmax(self.score(tokens).squeeze(-1), mask)
         return torch.einsum("bt,btd->bd", weights, tokens)
+
+
+class TargetContextFusion(Fusion):
+    """Shared skeleton of the two-role strategies (film, cross_attention).
+
+    The target modality's tokens are processed in the light of the context modality, then pooled.
+    Subclasses build their own layers in `build(dim, ...)` and implement `fuse(tokens, mask, ctx)`.
+    A row without the target is an MLP of the context alone (it never reads target values); with
+    no context configured, a learned "missing" vector.
+    """
+
+    def __init__(self, *, in_dims: dict[str, int], dim: int, dropout: float, target: str, context: str,
+                 pool: str):
+        super().__init__(in_dims=in_dims, dim=dim, dropout=dropout)
+        self.target, self.context = self.roles(target, context)
+        check_pool(pool)
+        if self.target is not None:
+            self.pool = TokenPool(dim, pool)
+        if self.context is not None:
+            self.context_only = mlp(in_dims[self.context], dim, dim)
+        else:
+            self.missing = MissingEmbedding({"target": dim})
+        self.drop = nn.Dropout(dropout)
+        self.out_dim = dim
+
+    def fuse(self, tokens: Tensor, mask: Tensor, ctx: Features | None) -> Tensor:  # pragma: no cover
+        """(B, T, D_target) target tokens -> (B, T, dim) processed tokens."""
+        raise NotImplementedError
+
+    def forward(self, feats: dict[str, Features]) -> Tensor:
+        inputs = self.inputs(feats)
+        ctx = inputs[self.context] if self.context else None
+        if self.target is None:
+            return self.drop(self.context_only(ctx.pooled))
+        target = inputs[self.target]
+        tokens, mask = as_tokens(target)
+        z = self.pool(self.fuse(tokens, mask, ctx), mask)
+        if ctx is not None:
+            z = torch.where(target.present[:, None], z, self.context_only(ctx.pooled))
+        else:
+            z = self.missing("target", z, target.present)
+        return self.drop(z)
 
 
 class CrossAttentionBlock(nn.Module):

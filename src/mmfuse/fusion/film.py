@@ -11,12 +11,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..features import Features, as_tokens
-from .base import Fusion, MissingEmbedding, TokenPool, check_pool, mlp, register_fusion
+from ..features import Features
+from .base import TargetContextFusion, mlp, register_fusion
 
 
 @register_fusion("film")
-class FiLMFusion(Fusion):
+class FiLMFusion(TargetContextFusion):
     """Per target token: relu(W x * (1 + gamma(c)) + beta(c)), token MLP, pool, dropout.
 
     target:  the modulated modality (tokens, or its pooled vector as one token)
@@ -24,37 +24,20 @@ class FiLMFusion(Fusion):
     pool:    "sum" (default), "mean" or "attention" over the real target tokens
 
     Context absent on a row: gamma = beta = 0, the plain target path.
-    Target absent on a row: the output is an MLP of the context alone (never reads target values);
-    with no context configured, a learned "missing" vector.
+    Target absent on a row: the output is an MLP of the context alone (see TargetContextFusion).
     """
 
     def __init__(self, *, in_dims: dict[str, int], dim: int = 256, dropout: float = 0.1,
                  target: str = "image", context: str = "text", pool: str = "sum"):
-        super().__init__(in_dims=in_dims, dim=dim, dropout=dropout)
-        self.target, self.context = self.roles(target, context)
+        super().__init__(in_dims=in_dims, dim=dim, dropout=dropout, target=target, context=context, pool=pool)
         if self.target is not None:
             self.token_proj = nn.Linear(in_dims[self.target], dim)
             self.token_mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU())
-            self.pool = TokenPool(dim, pool)
-        else:
-            check_pool(pool)  # still reject a bad name, though there is nothing to pool
         if self.context is not None:
             # gamma and beta from one MLP; 1 + gamma so that gamma = 0 means "no modulation".
             self.film = mlp(in_dims[self.context], dim, 2 * dim)
-            self.context_only = mlp(in_dims[self.context], dim, dim)
-        else:
-            self.missing = MissingEmbedding({"target": dim})
-        self.drop = nn.Dropout(dropout)
-        self.out_dim = dim
 
-    def forward(self, feats: dict[str, Features]) -> Tensor:
-        inputs = self.inputs(feats)
-        ctx = inputs[self.context] if self.context else None
-        if self.target is None:
-            return self.drop(self.context_only(ctx.pooled))
-
-        target = inputs[self.target]
-        tokens, mask = as_tokens(target)
+    def fuse(self, tokens: Tensor, mask: Tensor, ctx: Features | None) -> Tensor:
         x = self.token_proj(tokens)  # (B, T, dim)
         if ctx is not None:
             gamma, beta = self.film(ctx.pooled).chunk(2, dim=-1)
@@ -63,11 +46,4 @@ class FiLMFusion(Fusion):
             gamma = torch.where(has_ctx, gamma, torch.zeros_like(gamma))
             beta = torch.where(has_ctx, beta, torch.zeros_like(beta))
             x = x * (1 + gamma[:, None]) + beta[:, None]
-        z = self.pool(self.token_mlp(torch.relu(x)), mask)
-
-        if ctx is not None:
-            fallback = self.context_only(ctx.pooled)
-            z = torch.where(target.present[:, None], z, fallback)
-        else:
-            z = self.missing("target", z, target.present)
-        return self.drop(z)
+        return self.token_mlp(torch.relu(x))
