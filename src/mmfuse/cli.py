@@ -58,6 +58,24 @@ def train(
 
 
 @app.command()
+def compare(
+    config: Path = typer.Argument(..., help="YAML config (see configs/)."),
+    fusions: str = typer.Option(..., help="Fusions to compare, comma-separated (concat,film,late), or 'all'."),
+    seeds: int = typer.Option(3, help="Seeds per fusion: train.seed, train.seed + 1, ..."),
+    folds: Optional[int] = typer.Option(None, help="K-fold over the train + val rows, grouped by image."),
+    out: Optional[Path] = typer.Option(None, help="Results directory (default: OUTPUT_DIR/compare)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
+    """Train each fusion × seed (× fold) in its own process; rank them by the test metric, with their cost."""
+    from .compare import parse_fusions, run_comparison
+    from .config import load_config
+
+    cfg = load_config(config, list(set_))
+    run_comparison(cfg, parse_fusions(fusions), seeds, folds, out or Path(cfg.output_dir) / "compare",
+                   echo=typer.echo)
+
+
+@app.command()
 def evaluate(
     model: Path = typer.Argument(..., help="A model directory written by train / Predictor.save."),
     split: str = typer.Option("test", help="Split of the configured data to evaluate: train, val or test."),

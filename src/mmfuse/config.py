@@ -93,6 +93,9 @@ class TrainConfig(Section):
     accelerator: str = "auto"
     devices: int | str = "auto"
     grad_clip: float | None = None  # max gradient norm
+    # Modality dropout: per modality, the chance a training row loses it (masked as absent), so
+    # the model learns to answer from what is left. A row never loses all its modalities.
+    modality_dropout: dict[str, float] = {}
     num_workers: int = Field(0, ge=0)
     progress_bar: bool = True
 
@@ -135,6 +138,12 @@ def check_names(config: Config) -> None:
     from .fusion import FUSIONS
 
     FUSIONS.get(config.fusion.name)
+    for modality, rate in config.train.modality_dropout.items():
+        if modality not in config.modalities():
+            raise ConfigError(f"train.modality_dropout.{modality}: not a configured modality "
+                              f"({', '.join(config.modalities())})")
+        if not 0.0 <= rate < 1.0:
+            raise ConfigError(f"train.modality_dropout.{modality}: {rate} is not in [0, 1)")
     for modality in config.modalities():
         check_encoder_name(modality, getattr(config.encoders, modality).name)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,10 +33,8 @@ def identity(batch: Batch) -> Batch:
 
 
 def make_loader(dataset: TableDataset, config: Config, *, shuffle: bool, rank: int = 0, world: int = 1) -> DataLoader:
-    per_batch = config.train.batch_size
-    if not config.train.group_by_image:
-        per_batch = config.train.batch_size  # groups are single rows then
-    sampler = GroupBatchSampler(dataset.groups, per_batch, shuffle=shuffle, seed=config.train.seed,
+    # batch_size counts groups: images when batching by image, else single rows (see build_dataset).
+    sampler = GroupBatchSampler(dataset.groups, config.train.batch_size, shuffle=shuffle, seed=config.train.seed,
                                 rank=rank, world=world)
     return DataLoader(dataset, sampler=sampler, batch_size=None, collate_fn=identity,
                       num_workers=config.train.num_workers, persistent_workers=config.train.num_workers > 0)
@@ -69,6 +68,8 @@ class FusionTask(L.LightningModule):
         torch.manual_seed(hash((self.config.train.seed, self.current_epoch, batch_idx)) % 2**62)
 
     def training_step(self, batch: Batch, _: int) -> torch.Tensor:
+        if self.config.train.modality_dropout:
+            batch = drop_modalities(batch, self.config.train.modality_dropout)
         output = self.model(batch)
         loss = self.model.head.loss(output, batch.target)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch.size)
@@ -111,6 +112,21 @@ class FusionTask(L.LightningModule):
         prefixes = frozen_prefixes(self.model)
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if not k.startswith(tuple(prefixes))}
+
+
+def drop_modalities(batch: Batch, rates: dict[str, float]) -> Batch:
+    """Mark each modality absent on a random `rate` of rows, never leaving a row with nothing."""
+    present = {m: part.present for m, part in batch.modalities.items()}
+    dropped = {m: (torch.rand(batch.size, device=p.device) < rates.get(m, 0.0)) & p for m, p in present.items()}
+    kept_any = torch.stack([present[m] & ~dropped[m] for m in present]).any(0)
+    had_any = torch.stack(list(present.values())).any(0)
+    restore = had_any & ~kept_any  # these rows would lose everything: keep them whole
+    parts = {}
+    for m, part in batch.modalities.items():
+        keep = present[m] & ~(dropped[m] & ~restore)
+        features = None if part.features is None else part.features.with_present(keep)
+        parts[m] = replace(part, present=keep, features=features)
+    return replace(batch, modalities=parts)
 
 
 class EpochSummary(Callback):
