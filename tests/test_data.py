@@ -294,6 +294,20 @@ def test_prediction_tables_need_no_label():
         load_manifest(rows, DataConfig(), task="classification", modalities=["text"])
 
 
+def test_prediction_tables_may_lack_a_modality_and_the_split_column():
+    """`mmfuse predict --text ...` on an image+text model with a split column configured."""
+    rows = pd.DataFrame({"question": ["what color?"]})
+    data = DataConfig(columns={"image": "image", "text": "question", "label": "answer", "split": "split"})
+    manifest = load_manifest(rows, data, task="classification", modalities=["image", "text"], require_label=False)
+    assert manifest.frame["image"].tolist() == [None] and manifest.frame["text"].tolist() == ["what color?"]
+    with pytest.raises(DataError, match="column 'image'.*column 'question'"):
+        load_manifest(pd.DataFrame({"other": [1]}), data, task="classification", modalities=["image", "text"],
+                      require_label=False)
+    with pytest.raises(DataError, match="column 'split'"):  # training still needs what the config names
+        load_manifest(rows.assign(image=None, answer="red"), data, task="classification",
+                      modalities=["image", "text"])
+
+
 def test_overlong_text_is_truncated():
     rows = pd.DataFrame({"text": ["word " * 100], "label": ["a"]})
     manifest = load_manifest(rows, DataConfig(max_text_chars=12), task="classification", modalities=["text"])

@@ -251,10 +251,16 @@ def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: 
     used = [m for m in MODALITIES if m in modalities and columns[m] is not None]
     if not used:
         raise ConfigError("no input modality: set data.columns.image and/or data.columns.text")
+    if not require_label:
+        # Prediction: a table may carry only the modalities it has (an image-only table is fine),
+        # and needs neither a label nor a split column; but at least one input column.
+        present = [m for m in used if columns[m] in table.columns]
+        _check_columns(table, name, {m: columns[m] for m in (present or used)})
+        used = present
     wanted = {m: columns[m] for m in used}
     if require_label or columns["label"] in table.columns:
         wanted["label"] = columns["label"]
-    if columns["split"] is not None:
+    if columns["split"] is not None and (require_label or columns["split"] in table.columns):
         wanted["split"] = columns["split"]
     _check_columns(table, name, wanted)
 
