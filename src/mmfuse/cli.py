@@ -81,9 +81,11 @@ def evaluate(
     split: str = typer.Option("test", help="Split of the configured data to evaluate: train, val or test."),
     data: Optional[Path] = typer.Option(None, help="Evaluate on this table instead of a split."),
     report: Optional[Path] = typer.Option(None, help="Report directory (default: MODEL/report)."),
+    robustness: bool = typer.Option(False, help="Also the metric under graded image and text noise (curves)."),
 ) -> None:
     """Metrics table, per-class table, confusion matrix and modality contribution -> report.md."""
     from .predictor import Predictor
+    from .robustness import robustness_section
 
     predictor = Predictor.load(model)
     frame = data if data is not None else predictor.splits().get(split)
@@ -91,7 +93,15 @@ def evaluate(
         raise MmfuseError(f"split {split!r} has no rows")
     result = predictor.evaluate(frame, report_dir=report or model / "report", title=f"{model} on {data or split}")
     print_metrics(f"{data or split} ({result['rows']} rows)", result["metrics"], result["modality_contribution"])
-    typer.echo(f"report: {(report or model / 'report') / 'report.md'}")
+    report_dir = report or model / "report"
+    if robustness:
+        curves = predictor.robustness(frame)
+        section = robustness_section(curves, result["headline"], report_dir)
+        with open(report_dir / "report.md", "a") as handle:
+            handle.write("\n" + section)
+        curves.to_csv(report_dir / "robustness.csv", index=False)
+        typer.echo(section.split("\n\n![")[0])
+    typer.echo(f"report: {report_dir / 'report.md'}")
 
 
 @app.command()

@@ -6,7 +6,7 @@ prepared once per unique input (decoded, resized pixels; token ids) and kept in 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,13 @@ def image_loader(max_pixels: int):
 
 def text_loader(texts: list[str]) -> list[str]:
     return texts
+
+
+def noisy(load, change: Callable[[Any, str], Any]):
+    def load_noisy(values: list[Any]) -> list[Any]:
+        return [change(item, str(value)) for item, value in zip(load(values), values)]
+
+    return load_noisy
 
 
 def encode_targets(frame: pd.DataFrame, task: str, labels: list[str]) -> Tensor | None:
@@ -64,17 +71,23 @@ def prepare_all(encoder: Encoder, values: list[Any], load) -> dict[str, Tensor]:
 
 def build_dataset(frame: pd.DataFrame, encoders: dict[str, Encoder], *, task: str, labels: list[str],
                   max_pixels: int, cache: FeatureCache | None, group_by_image: bool,
-                  device: str | torch.device = "cpu") -> TableDataset:
+                  device: str | torch.device = "cpu",
+                  perturb: dict[str, Callable[[Any, str], Any]] | None = None) -> TableDataset:
+    """`perturb[modality](value, key)` alters decoded inputs (robustness curves); a perturbed
+    modality bypasses the feature cache, whose keys are the clean inputs' content."""
     columns = {}
+    perturb = perturb or {}
     for modality, encoder in encoders.items():
         raw = frame[modality].tolist() if modality in frame else [None] * len(frame)
         raw = [None if (v is None or (isinstance(v, float) and np.isnan(v))) else v for v in raw]
         index, values = unique_index(raw)
         load = image_loader(max_pixels) if modality == "image" else text_loader
+        if modality in perturb:
+            load = noisy(load, perturb[modality])
         column = ModalityColumn(index=index, values=values)
         if not values:
             pass  # every row lacks this modality: batches carry present=False only
-        elif not encoder.trainable and cache is not None:
+        elif not encoder.trainable and cache is not None and modality not in perturb:
             column.features = cache.features(encoder, values, load, device=device)
             stats = cache.last_stats
             log.info("%s features: %d computed, %d reused from cache, %.1fs", modality,

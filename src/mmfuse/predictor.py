@@ -17,7 +17,8 @@ from .data.manifest import BadRow, load_manifest, split_manifest
 from .dataset import build_dataset
 from .encoders.cache import FeatureCache
 from .errors import MmfuseError
-from .evaluate import evaluate_dataset, predict_outputs, write_report
+from .evaluate import HEADLINE, compute_metrics, evaluate_dataset, predict_outputs, write_report
+from .robustness import LEVELS, NOISES, perturbation
 from .model import MultimodalModel, build_encoders, build_model
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,13 @@ class Predictor:
             parts["test"] = self.read(self.config.data.test_source)
         return {name: mark(frame) for name, frame in parts.items()}
 
-    def _dataset(self, frame: pd.DataFrame, *, cache: bool = True):
+    def _dataset(self, frame: pd.DataFrame, *, cache: bool = True, perturb=None):
         assert self.model is not None
         return build_dataset(frame, dict(self.model.encoders), task=self.config.task, labels=self.labels,
                              max_pixels=self.config.data.max_pixels,
                              cache=FeatureCache(self.config.cache_dir) if cache else None,
-                             group_by_image=self.config.train.group_by_image, device=self.device)
+                             group_by_image=self.config.train.group_by_image, device=self.device,
+                             perturb=perturb)
 
     @property
     def device(self) -> str:
@@ -138,6 +140,24 @@ class Predictor:
         if frame is None or len(frame) == 0:
             raise MmfuseError("no test rows: pass data, or configure a test split / data.test_source")
         return frame
+
+    def robustness(self, data: Any = None, *, levels: tuple[float, ...] = LEVELS, seed: int = 0) -> pd.DataFrame:
+        """The headline metric under graded noise on each modality (one noise at a time).
+
+        Rows: modality, noise, level, metric; level 0 is the clean input.
+        """
+        self._need_model()
+        frame = self.read(data) if data is not None else self._default_test()
+        headline = HEADLINE[self.config.task]
+        rows = []
+        for modality in self.model.modalities:
+            for noise in NOISES.get(modality, {}):
+                for level in levels:
+                    dataset = self._dataset(frame, perturb={modality: perturbation(modality, noise, level, seed)})
+                    outputs = predict_outputs(self.model, dataset, self.config, self.device)
+                    metrics = compute_metrics(self.config.task, outputs, dataset.target, self.labels, self.model.head)[0]
+                    rows.append({"modality": modality, "noise": noise, "level": level, headline: metrics[headline]})
+        return pd.DataFrame(rows)
 
     def predict_scores(self, data: Any) -> tuple[pd.DataFrame, torch.Tensor]:
         """(good rows, scores) — probabilities per label, or the regression value."""

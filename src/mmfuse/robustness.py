@@ -1,0 +1,117 @@
+"""Robustness to noisy inputs: the metric under graded noise on one modality at a time.
+
+Image noise (on the decoded picture): Gaussian pixel noise, blur, occlusion by a grey square.
+Text noise: dropping words, swapping adjacent characters (typos). Level is in [0, 1]; level 0 is
+the clean input. Relative robustness (MultiBench's notion) is the area under the metric-vs-level
+curve divided by the clean metric's area: 1.0 means no loss under noise. Each noisy copy is
+deterministic for (seed, input), so curves are repeatable.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+LEVELS = (0.0, 0.1, 0.25, 0.5, 0.75)
+
+
+def _rng(seed: int, key: str) -> random.Random:
+    return random.Random(int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:12], 16))
+
+
+def gaussian(image: Image.Image, level: float, rng: random.Random) -> Image.Image:
+    pixels = np.asarray(image, dtype=np.float32)
+    noise = np.random.default_rng(rng.getrandbits(32)).normal(0.0, 255 * level, pixels.shape)
+    return Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8))
+
+
+def blur(image: Image.Image, level: float, rng: random.Random) -> Image.Image:
+    return image.filter(ImageFilter.GaussianBlur(radius=level * max(image.size) / 8))
+
+
+def occlusion(image: Image.Image, level: float, rng: random.Random) -> Image.Image:
+    """A grey square covering `level` of the area, at a random place."""
+    width, height = image.size
+    side_w, side_h = int(width * level ** 0.5), int(height * level ** 0.5)
+    x, y = rng.randint(0, width - side_w), rng.randint(0, height - side_h)
+    out = image.copy()
+    out.paste((128, 128, 128), (x, y, x + side_w, y + side_h))
+    return out
+
+
+def token_drop(text: str, level: float, rng: random.Random) -> str:
+    words = text.split()
+    kept = [w for w in words if rng.random() >= level]
+    return " ".join(kept) or (words[0] if words else text)  # never empty: that would be "no text"
+
+
+def typo(text: str, level: float, rng: random.Random) -> str:
+    """Swap each adjacent letter pair with probability `level`."""
+    chars = list(text)
+    i = 0
+    while i < len(chars) - 1:
+        if chars[i].isalpha() and chars[i + 1].isalpha() and rng.random() < level:
+            chars[i], chars[i + 1] = chars[i + 1], chars[i]
+            i += 1
+        i += 1
+    return "".join(chars)
+
+
+NOISES: dict[str, dict[str, Callable]] = {
+    "image": {"gaussian": gaussian, "blur": blur, "occlusion": occlusion},
+    "text": {"token_drop": token_drop, "typo": typo},
+}
+
+
+def perturbation(modality: str, noise: str, level: float, seed: int = 0) -> Callable:
+    """value -> noisy value; the randomness depends on (seed, the input) only."""
+    function = NOISES[modality][noise]
+
+    def apply(value, key: str):
+        return value if level == 0 else function(value, level, _rng(seed, f"{noise}:{level}:{key}"))
+
+    return apply
+
+
+def relative_robustness(levels: list[float], scores: list[float]) -> float:
+    """Area under the metric-vs-level curve over the clean metric's area (trapezoids)."""
+    clean = scores[0]
+    if clean == 0:
+        return float("nan")
+    area = float(np.trapezoid(scores, levels)) if hasattr(np, "trapezoid") else float(np.trapz(scores, levels))
+    return area / (clean * (levels[-1] - levels[0]))
+
+
+def robustness_section(curves, headline: str, out_dir) -> str:
+    """Markdown (table of the curves + relative robustness) and robustness.png in `out_dir`."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = sorted(curves["level"].unique())
+    lines = ["## Robustness to noise", "",
+             f"The {headline} with graded noise on one modality (level 0 = clean). Relative robustness: "
+             "area under the curve over the clean area (1.0 = no loss).", "",
+             "| modality | noise | " + " | ".join(f"{lv:g}" for lv in levels) + " | relative robustness |",
+             "|---" * (len(levels) + 3) + "|"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (modality, noise), part in curves.groupby(["modality", "noise"], sort=False):
+        part = part.sort_values("level")
+        scores = part[headline].tolist()
+        rel = relative_robustness(part["level"].tolist(), scores)
+        lines.append(f"| {modality} | {noise} | " + " | ".join(f"{v:.4f}" for v in scores) + f" | {rel:.3f} |")
+        ax.plot(part["level"], scores, marker="o", label=f"{modality}: {noise}")
+    ax.set_xlabel("noise level")
+    ax.set_ylabel(headline)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(Path(out_dir) / "robustness.png", dpi=110)
+    plt.close(fig)
+    lines += ["", "![robustness curves](robustness.png)", ""]
+    return "\n".join(lines)
