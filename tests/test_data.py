@@ -17,7 +17,7 @@ from PIL import Image
 
 from mmfuse.config import ColumnsConfig, DataConfig
 from mmfuse.data import (
-    BadRow, MediaError, builtin_names, check_image, clean_text, easy_vqa_answers, load_builtin,
+    MediaError, builtin_names, check_image, clean_text, easy_vqa_answers, load_builtin,
     load_manifest, read_table, split_manifest,
 )
 from mmfuse.data import manifest as manifest_module

@@ -1,7 +1,6 @@
 """The `mmfuse` command line (typer). User errors print one line and exit 2, without a traceback."""
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path

@@ -266,7 +266,6 @@ def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: 
 
     n = len(table)
     cells = {role: table[column].tolist() for role, column in wanted.items()}
-    empty = [None] * n
     allowed_list = labels if labels is not None else data.labels
     allowed = {str(v) for v in allowed_list} if allowed_list is not None and task != "regression" else None
 
