@@ -63,3 +63,36 @@ def test_variable_length_text_tokens_are_padded_with_a_mask(tmp_path):
     cache = FeatureCache(tmp_path / "cache")
     feats = cache.features(encoder, ["a b c", "a"], lambda v: v)
     assert feats.mask.tolist() == [[True, True, True], [True, False, False]]
+
+
+def test_noisy_features_are_cached_in_their_own_variant(tmp_path):
+    """A deterministic perturbation's features are cached apart from the clean ones and reused."""
+    import pandas as pd
+
+    from mmfuse.dataset import build_dataset
+    from mmfuse.robustness import perturbation
+
+    paths = write_images(tmp_path / "img", 4)
+    frame = pd.DataFrame({"image": paths, "label": [None] * 4})
+    encoder = create_encoder("image", "tiny_image", trainable=False)
+    cache = FeatureCache(tmp_path / "cache")
+
+    def dataset(perturb, use_cache=True):
+        return build_dataset(frame, {"image": encoder}, task="classification", labels=[], max_pixels=10**6,
+                             cache=cache if use_cache else None, group_by_image=False, perturb=perturb)
+
+    clean = dataset(None).columns["image"].features.pooled
+    noise = perturbation("image", "gaussian", 0.5, seed=3)
+    noisy = dataset({"image": noise}).columns["image"].features.pooled
+    assert cache.last_stats["computed"] == 4  # not served the clean entries
+    assert not torch.allclose(noisy, clean)
+    assert (tmp_path / "cache" / f"image-{encoder.fingerprint()}-gaussian-0.5-s3").is_dir()
+    again = dataset({"image": noise}).columns["image"].features.pooled
+    assert cache.last_stats["computed"] == 0 and torch.equal(again, noisy)
+    # Uncached, the same noise gives the same features: the cache variant holds what it claims.
+    prepared = dataset({"image": noise}, use_cache=False).columns["image"].prepared
+    direct = encoder.eval()(prepared).pooled
+    assert torch.allclose(direct, noisy, atol=1e-5)
+    # A perturbation without a cache name cannot be cached: it bypasses the cache.
+    anonymous = dataset({"image": lambda image, key: noise(image, key)}).columns["image"]
+    assert anonymous.features is None and anonymous.prepared is not None

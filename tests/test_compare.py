@@ -25,8 +25,10 @@ def table(tmp_path_factory):
     return folder
 
 
-def config_for(table, folder):
-    return parse_config(tiny_config(folder, table / "table.csv", **{"train.epochs": 1}))
+def config_for(table, folder, epochs=1):
+    # compare.set reaches every cell: a frozen image encoder, so noisy features are cached too.
+    return parse_config(tiny_config(folder, table / "table.csv", **{
+        "train.epochs": epochs, "compare.set": {"encoders.image.trainable": False, "head.hidden": 12}}))
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +84,7 @@ def test_rerun_reuses_every_cell(compared, table):
 
 def test_rerun_with_another_config_is_refused(compared, table):
     _, out, _, folder = compared
-    config = parse_config(tiny_config(folder, table / "table.csv", **{"train.epochs": 2}))
+    config = config_for(table, folder, epochs=2)
     with pytest.raises(ConfigError, match="train.epochs: 1 -> 2"):
         run_comparison(config, FUSIONS, 2, None, out, echo=lambda _: None)
 
@@ -144,3 +146,50 @@ def test_cli_unknown_fusion_exits_2(monkeypatch, capsys, tmp_path, table):
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2 and capsys.readouterr().err.startswith("error: unknown fusion 'nope'")
+
+
+def test_compare_settings_reach_every_cell(compared):
+    _, out, _, folder = compared
+    for cell in (out / "cells").glob("*/config.yaml"):
+        config = yaml.safe_load(cell.read_text())
+        assert config["head"]["hidden"] == 12 and config["encoders"]["image"]["trainable"] is False
+        assert config["compare"]["set"] == {}  # applied once, not again by the cell
+    # The frozen image encoder's noisy features were cached once per (noise, level); level 0 is
+    # the clean cache. (Each seed's frozen random encoder is another fingerprint, another folder.)
+    variants = {p.name.split("-", 2)[2] for p in (folder / "cache").glob("image-*-*-*")}
+    assert variants == set(f"{noise}-{level}-s0" for noise in ("blur", "gaussian", "occlusion")
+                              for level in ("0.25", "0.5"))
+
+
+def test_robustness_curves_come_from_the_cells(compared):
+    _, out, _, _ = compared
+    from mmfuse.robustness import relative_robustness
+
+    md = (out / "comparison.md").read_text()
+    assert "robust image" in md and "robust text" in md and "![robustness curves](robustness.png)" in md
+    assert (out / "robustness.png").stat().st_size > 0
+    for cell_dir in (out / "cells").iterdir():
+        cell = json.loads((cell_dir / "cell.json").read_text())
+        if cell["seed"] != 0:  # curves come from each fusion's first seed only
+            assert not (cell_dir / "robustness.csv").exists() and "robust_text" not in cell
+            continue
+        curves = pd.read_csv(cell_dir / "robustness.csv")
+        assert sorted(curves["level"].unique()) == [0.0, 0.25, 0.5]
+        assert set(curves["noise"]) == {"gaussian", "blur", "occlusion", "token_drop", "typo"}
+        # Level 0 is the clean input: the cell's own metric.
+        assert np.allclose(curves.loc[curves["level"] == 0, "accuracy"], cell["metric"])
+        text = [relative_robustness(p.sort_values("level")["level"].tolist(), p.sort_values("level")["accuracy"].tolist())
+                for _, p in curves[curves["modality"] == "text"].groupby("noise")]
+        assert cell["robust_text"] == pytest.approx(np.mean(text))
+
+
+def test_effective_robustness_is_the_residual_of_a_line_fit():
+    from mmfuse.compare import effective_robustness
+
+    summary = pd.DataFrame({"mean": [0.9, 0.8, 0.7], "robust_image": [0.9, 0.8, 0.9], "robust_text": [0.9, 0.8, 0.5]})
+    eff = effective_robustness(summary)
+    assert np.allclose(eff, 0.0, atol=1e-9)  # on the line: nothing more robust than expected
+    summary.loc[1, "robust_text"] = 1.0  # fusion 1 gains 0.1 of mean relative robustness
+    eff = effective_robustness(summary)
+    assert eff[1] > 0 and eff[0] < 0 and eff[2] < 0 and abs(eff.sum()) < 1e-9
+    assert effective_robustness(summary.iloc[:2]).isna().all()  # no line through two fusions

@@ -263,6 +263,27 @@ def test_modality_weights_are_a_distribution(name):
         assert sum(weights.values()) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("name", ["weighted_sum", "late"])
+def test_modality_weights_can_be_biased_or_fixed(name):
+    prior = {m: w for m, w in zip(sorted(IN_DIMS), (0.2, 0.8))}
+    biased = build(name, weights=prior)
+    assert biased.modality_weights() == pytest.approx(prior)
+    fixed = build(name, weights=prior, fixed_weights=True)
+    for fusion in (biased, fixed):
+        optimizer = torch.optim.SGD([p for p in fusion.parameters() if p.requires_grad], lr=1.0)
+        fusion(make_feats()).pow(2).sum().backward()
+        optimizer.step()
+    assert fixed.modality_weights() == pytest.approx(prior)  # fixed: not learned
+    assert biased.modality_weights() != pytest.approx(prior)  # a prior only: still learned
+
+
+def test_modality_weights_must_name_every_modality():
+    with pytest.raises(ConfigError, match="one weight per modality"):
+        build("weighted_sum", weights={sorted(IN_DIMS)[0]: 1.0})
+    with pytest.raises(ConfigError, match="positive"):
+        build("weighted_sum", weights={m: -1.0 for m in IN_DIMS})
+
+
 def test_late_wants_a_linear_head():
     assert build("late").wants_linear_head
     assert not build("film").wants_linear_head

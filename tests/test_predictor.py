@@ -26,6 +26,11 @@ def test_fit_evaluate_and_report(tmp_path, trained):
     assert (tmp_path / "report" / "confusion.png").stat().st_size > 1000
     report = (tmp_path / "report" / "report.md").read_text()
     assert f"| accuracy | {metrics['accuracy']:.4f} |" in report
+    contribution = result["modality_contribution"]
+    assert f"| both present | {contribution['all']:.4f} |" in report
+    assert f"| image only (text removed) | {contribution['without_text']:.4f} |" in report
+    assert f"| text only (image removed) | {contribution['without_image']:.4f} |" in report
+    assert "Modality dropout in training: none." in report
     # the confusion matrix rows add up to the evaluated rows
     assert int(result["confusion"].sum()) == result["rows"]
 

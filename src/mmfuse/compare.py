@@ -64,6 +64,19 @@ def cell_name(fusion: str, seed: int, fold: int | None) -> str:
     return f"{fusion}-s{seed}" + ("" if fold is None else f"-f{fold}")
 
 
+def with_compare_settings(config: Config) -> Config:
+    """The config every cell starts from: the config's `compare.set` overrides applied."""
+    if not config.compare.set:
+        return config
+    from .config import set_path
+
+    raw = config.model_dump(mode="json")
+    for key, value in config.compare.set.items():
+        set_path(raw, key, value)
+    raw["compare"]["set"] = {}  # applied; a cell's config must not apply them again
+    return parse_config(raw, "compare.set")
+
+
 def cell_config(config: Config, fusion: str, seed: int, output_dir: Path) -> Config:
     raw = config.model_dump(mode="json")
     raw["fusion"]["name"] = fusion
@@ -166,11 +179,26 @@ def prepare_data(config: Config, folds: int | None, data_dir: Path) -> dict[int 
             write_frame(part[role], path)
             part["files"][role] = str(path)
     fill_cache(config, pd.concat(splits.values(), ignore_index=True))
+    evaluated = pd.concat([part["eval"] for part in parts.values()], ignore_index=True)
+    for perturb in noisy_variants(config):
+        fill_cache(config, evaluated, perturb)
     return parts
 
 
-def fill_cache(config: Config, frame: pd.DataFrame) -> None:
-    """Run each frozen encoder over every unique input once, so cells only read the cache."""
+def noisy_variants(config: Config) -> list[dict[str, Any]]:
+    """One {modality: perturbation} per (noise, level) of the robustness curves."""
+    from .robustness import NOISES, perturbation
+
+    return [{modality: perturbation(modality, noise, level)}
+            for modality in config.modalities() for noise in NOISES.get(modality, {})
+            for level in config.compare.robustness_levels if level > 0]
+
+
+def fill_cache(config: Config, frame: pd.DataFrame, perturb: dict[str, Any] | None = None) -> None:
+    """Run each frozen encoder over every unique input once, so cells only read the cache.
+
+    With `perturb`, only the perturbed modality, into its noisy cache variant (robustness curves).
+    """
     import torch
 
     from .dataset import build_dataset
@@ -184,11 +212,11 @@ def fill_cache(config: Config, frame: pd.DataFrame) -> None:
     # An encoder that learns a vocabulary from the training rows differs per fold: cells fill
     # its entries themselves.
     frozen = {m: e for m, e in build_encoders(config).items()
-              if not e.trainable and type(e).fit is Encoder.fit}
+              if not e.trainable and type(e).fit is Encoder.fit and (perturb is None or m in perturb)}
     if frozen:
         build_dataset(frame.assign(label=None), frozen, task=config.task, labels=[],
                       max_pixels=config.data.max_pixels, cache=FeatureCache(config.cache_dir),
-                      group_by_image=False, device=Predictor(config).device)
+                      group_by_image=False, device=Predictor(config).device, perturb=perturb)
 
 
 # ----- one cell, in a child process -----------------------------------------------------------
@@ -213,6 +241,7 @@ def run_cell(cell_dir: Path) -> dict[str, Any]:
     start = time.perf_counter()
     predict_outputs(predictor.model, dataset, config, predictor.device)
     latency = (time.perf_counter() - start) / max(1, len(dataset)) * 1000
+    robustness = cell_robustness(predictor, frames["eval"], cell_dir) if spec.get("robustness", True) else {}
     record = {
         "cell": cell_dir.name, "fusion": spec["fusion"], "seed": spec["seed"], "fold": spec["fold"],
         "eval_split": spec["eval_split"], "eval_rows": result["rows"],
@@ -222,6 +251,7 @@ def run_cell(cell_dir: Path) -> dict[str, Any]:
         "params": sum(p.numel() for p in predictor.model.parameters() if p.requires_grad),
         "train_s": predictor.fit_summary["train_seconds"],
         "latency_ms_per_row": latency,
+        **robustness,
         "peak_rss_mb": peak_rss_mb(),
         "device": predictor.device, "torch_threads": torch.get_num_threads(),
     }
@@ -230,6 +260,23 @@ def run_cell(cell_dir: Path) -> dict[str, Any]:
     partial.write_text(json.dumps(record, indent=2))
     partial.rename(cell_dir / "cell.json")
     return record
+
+
+def cell_robustness(predictor, frame: pd.DataFrame, cell_dir: Path) -> dict[str, float]:
+    """The curves (robustness.csv) and each modality's mean relative robustness (`robust_<modality>`)."""
+    from .robustness import relative_robustness
+
+    levels = predictor.config.compare.robustness_levels
+    if not levels:
+        return {}
+    curves = predictor.robustness(frame, levels=(0.0, *sorted(set(levels) - {0.0})))
+    curves.to_csv(cell_dir / "robustness.csv", index=False)
+    metric = curves.columns[-1]
+    scores = {}
+    for (modality, _), part in curves.groupby(["modality", "noise"], sort=False):
+        part = part.sort_values("level")
+        scores.setdefault(modality, []).append(relative_robustness(part["level"].tolist(), part[metric].tolist()))
+    return {f"robust_{modality}": float(np.mean(values)) for modality, values in scores.items()}
 
 
 def peak_rss_mb() -> float:
@@ -280,6 +327,7 @@ def run_comparison(config: Config, fusions: list[str], seeds: int, folds: int | 
                    *, echo: Echo = print) -> pd.DataFrame:
     """Run (or reuse) every cell, write comparison.csv / .md / plots, return one row per cell."""
     check_request(fusions, seeds, folds)
+    config = with_compare_settings(config)
     out_dir = Path(out_dir)
     fold_ids = [None] if folds is None else list(range(folds))
     seed_ids = [config.train.seed + i for i in range(seeds)]
@@ -306,8 +354,11 @@ def run_comparison(config: Config, fusions: list[str], seeds: int, folds: int | 
         cell_dir.mkdir(parents=True, exist_ok=True)
         (cell_dir / "config.yaml").write_text(dump_config(configs[cell]))
         part = parts[fold]
+        # Noise curves cost a dozen passes over the evaluation rows: measured on each fusion's
+        # first seed and fold only.
         spec = {"fusion": fusion, "seed": seed, "fold": fold, "eval_split": part["eval_split"],
-                "files": part["files"], "labels": str(out_dir / "data" / "labels.json")}
+                "files": part["files"], "labels": str(out_dir / "data" / "labels.json"),
+                "robustness": seed == seed_ids[0] and fold == fold_ids[0]}
         (cell_dir / "spec.json").write_text(json.dumps(spec, indent=2))
         echo(f"[{number}/{len(todo)}] {cell_dir.name}: training")
         if launch_cell(cell_dir).returncode != 0:
@@ -369,9 +420,10 @@ def paired_p(a: pd.Series, b: pd.Series) -> float | None:
 def summarize(cells: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
     """One row per fusion, best first: the metric's mean / std over seeds and folds, and costs."""
     costs = ["params", "train_s", "latency_ms_per_row", "peak_rss_mb"]
-    without = [c for c in cells.columns if c.startswith("without_")]
+    extra = [c for c in cells.columns if c.startswith(("without_", "robust_"))]
     grouped = cells.groupby("fusion", sort=False)
-    summary = grouped["metric"].agg(mean="mean", std="std", n="count").join(grouped[costs + without].mean())
+    summary = grouped["metric"].agg(mean="mean", std="std", n="count").join(grouped[costs + extra].mean())
+    summary["effective_robustness"] = effective_robustness(summary)
     summary = summary.sort_values("mean", ascending=not higher_is_better, kind="stable")  # ties: as asked
     keyed = cells.assign(fold=cells["fold"].fillna(-1)).set_index(["seed", "fold"])
     best = summary.index[0]
@@ -381,20 +433,37 @@ def summarize(cells: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
     return summary.reset_index()
 
 
+def effective_robustness(summary: pd.DataFrame) -> pd.Series:
+    """MultiBench's effective robustness: a fusion's relative robustness (mean over its modalities'
+    noises) minus what a line fitted across all the compared fusions predicts from its clean
+    metric. Positive: more robust than its accuracy alone would suggest. Needs 3+ fusions."""
+    robust = [c for c in summary.columns if c.startswith("robust_")]
+    if not robust or len(summary) < 3 or summary["mean"].nunique() < 2:
+        return pd.Series(np.nan, index=summary.index)
+    relative = summary[robust].mean(axis=1)
+    slope, intercept = np.polyfit(summary["mean"].to_numpy(float), relative.to_numpy(float), 1)
+    return relative - (slope * summary["mean"] + intercept)
+
+
 def fmt_mean_std(mean: float, std: float, n: int) -> str:
     return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}"  # no spread from one run
 
 
 def markdown_table(summary: pd.DataFrame, metric: str) -> str:
     without = [c for c in summary.columns if c.startswith("without_")]
+    robust = [c for c in summary.columns if c.startswith("robust_")]
+    if robust and summary["effective_robustness"].notna().any():
+        robust.append("effective_robustness")
     head = ["rank", "fusion", f"{metric} (mean ± std)", "n", "params", "train s", "latency ms/row", "peak MB",
-            *[f"{metric} {c.replace('_', ' ')}" for c in without], "p vs best"]
+            *[f"{metric} {c.replace('_', ' ')}" for c in without], *[c.replace("_", " ") for c in robust],
+            "p vs best"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rank, row in enumerate(summary.itertuples(index=False), 1):
         p = "best" if rank == 1 else ("n/a" if row.p_vs_best is None or pd.isna(row.p_vs_best) else f"{row.p_vs_best:.3f}")
         cells = [str(rank), row.fusion, fmt_mean_std(row.mean, row.std, row.n), str(row.n),
                  f"{row.params:,.0f}", f"{row.train_s:.1f}", f"{row.latency_ms_per_row:.3f}", f"{row.peak_rss_mb:.0f}",
-                 *[f"{getattr(row, c):.4f}" for c in without], p]
+                 *[f"{getattr(row, c):.4f}" for c in without], *[f"{getattr(row, c):+.3f}" if c.startswith("eff")
+                                                                 else f"{getattr(row, c):.3f}" for c in robust], p]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -422,8 +491,18 @@ def write_results(cells: pd.DataFrame, config: Config, out_dir: Path, *, echo: E
         "- **params**: trainable parameters. **train s**: the fit alone (frozen encoders' features come from the "
         "shared cache, filled once before the cells). "
         "**latency**: the trained model over the evaluation rows, in batches. **peak MB**: the cell process's peak RSS.",
-        "", "![metric](metric.png)", "", "![cost](cost.png)", "",
     ]
+    if any(c.startswith("robust_") for c in cells.columns):
+        levels = ", ".join(f"{v:g}" for v in config.compare.robustness_levels)
+        text.append(f"- **robust X**: relative robustness (area under the {metric}-vs-noise-level curve over the "
+                    f"clean area; 1.0 = no loss), averaged over that modality's noises at levels 0, {levels}, "
+                    "on each fusion's first seed (and fold). "
+                    "**effective robustness**: the mean relative robustness minus the value a line fitted across "
+                    f"these fusions predicts from the clean {metric} (MultiBench); curves in robustness.png.")
+        plot_robustness(cells, out_dir, out_dir / "robustness.png")
+    text += ["", "![metric](metric.png)", "", "![cost](cost.png)", ""]
+    if (out_dir / "robustness.png").is_file():
+        text += ["![robustness curves](robustness.png)", ""]
     (out_dir / "comparison.md").write_text("\n".join(text))
     plot_metric(summary, metric, out_dir / "metric.png")
     plot_cost(summary, metric, out_dir / "cost.png")
@@ -459,6 +538,30 @@ def plot_cost(summary: pd.DataFrame, metric: str, path: Path) -> None:
         ax.annotate(row.fusion, (row.train_s, row.mean), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("train seconds (mean)")
     ax.set_ylabel(metric)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_robustness(cells: pd.DataFrame, out_dir: Path, path: Path) -> None:
+    """One panel per noise: each fusion's metric (mean over its cells) against the noise level."""
+    frames = [pd.read_csv(f).assign(fusion=fusion) for cell, fusion in zip(cells["cell"], cells["fusion"])
+              if (f := out_dir / "cells" / cell / "robustness.csv").is_file()]
+    if not frames:
+        return
+    curves = pd.concat(frames, ignore_index=True)
+    metric = [c for c in curves.columns if c not in ("modality", "noise", "level", "fusion")][0]
+    mean = curves.groupby(["modality", "noise", "fusion", "level"], sort=False)[metric].mean().reset_index()
+    panels = list(mean.groupby(["modality", "noise"], sort=False))
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), sharey=True, squeeze=False)
+    for ax, ((modality, noise), part) in zip(axes[0], panels):
+        for fusion, line in part.groupby("fusion", sort=False):
+            ax.plot(line["level"], line[metric], marker="o", markersize=3, label=fusion)
+        ax.set_title(f"{modality}: {noise}", fontsize=9)
+        ax.set_xlabel("noise level")
+    axes[0][0].set_ylabel(metric)
+    axes[0][-1].legend(fontsize=6, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -100,6 +100,43 @@ class TrainConfig(Section):
     progress_bar: bool = True
 
 
+class AlignConfig(Section):
+    """`mmfuse align`: projection heads over frozen encoder features into one image-text space."""
+
+    captions: str = "easy_vqa"  # built-in (easy_vqa: derived "a blue rectangle"), CSV/JSONL, COCO JSON
+    image_root: str | None = None  # folder of a COCO captions file's images (default: its folder)
+    # Objective name -> weight; several are summed: {contrastive: 1.0, dcca: 0.5}.
+    objectives: dict[str, float] = {"contrastive": 1.0}
+    options: dict[str, dict[str, Any]] = {}  # objective name -> its keyword options
+    dim: int = Field(128, gt=0)  # width of the shared space
+    hidden: int = Field(0, ge=0)  # 0: linear projection heads; else one hidden layer
+    # auto: a CCA read-out fitted after training when no objective compares cosines directly
+    # (dcca / autoencoder alone), so retrieval by cosine uses the correlated directions.
+    readout: Literal["auto", "none", "cca"] = "auto"
+    epochs: int = Field(30, gt=0)
+    batch_size: int = Field(256, gt=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    seed: int = 0
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # used only where the table has no split column
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    # Captions left out of training entirely (no image of them, no caption naming them), so
+    # zero-shot accuracy on them is honest.
+    holdout: list[str] = []
+
+
+class CompareConfig(Section):
+    """What `mmfuse compare` changes in every cell, and what it measures beyond the metric."""
+
+    # Dotted config overrides for every cell, e.g. {encoders.image.name: efficientnet_lite0}:
+    # a comparison of fusions is fastest (and fair) over frozen encoders whose features are
+    # extracted once into the shared cache.
+    set: dict[str, Any] = {}
+    # Noise levels for the robustness curves of every cell (level 0, clean, is always there);
+    # empty: no curves.
+    robustness_levels: list[float] = [0.25, 0.5]
+
+
 class Config(Section):
     task: Literal["classification", "multilabel", "regression"] = "classification"
     data: DataConfig = DataConfig()
@@ -107,6 +144,8 @@ class Config(Section):
     fusion: FusionConfig = FusionConfig()
     head: HeadConfig = HeadConfig()
     train: TrainConfig = TrainConfig()
+    compare: CompareConfig = CompareConfig()
+    align: AlignConfig | None = None
     output_dir: str = "runs/easy_vqa"
     cache_dir: str = ".mmfuse_cache"
 
@@ -154,17 +193,22 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key.path=value")
         key, value = item.split("=", 1)
-        node = raw
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = yaml.safe_load(value)
+        set_path(raw, key, yaml.safe_load(value))
     return raw
+
+
+def set_path(raw: dict[str, Any], key: str, value: Any) -> None:
+    """raw["a"]["b"] = value for key "a.b", creating missing sections."""
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -69,12 +69,20 @@ def prepare_all(encoder: Encoder, values: list[Any], load) -> dict[str, Tensor]:
     return table
 
 
+def cache_variant(perturb: dict[str, Callable], modality: str) -> str | None | bool:
+    """None: clean inputs; a name: a cacheable perturbation; False: not cacheable."""
+    if modality not in perturb:
+        return None
+    return getattr(perturb[modality], "cache_name", False)
+
+
 def build_dataset(frame: pd.DataFrame, encoders: dict[str, Encoder], *, task: str, labels: list[str],
                   max_pixels: int, cache: FeatureCache | None, group_by_image: bool,
                   device: str | torch.device = "cpu",
                   perturb: dict[str, Callable[[Any, str], Any]] | None = None) -> TableDataset:
-    """`perturb[modality](value, key)` alters decoded inputs (robustness curves); a perturbed
-    modality bypasses the feature cache, whose keys are the clean inputs' content."""
+    """`perturb[modality](value, key)` alters decoded inputs (robustness curves). A perturbation
+    with a `cache_name` is deterministic, so its features go to a cache variant of that name;
+    any other perturbed modality bypasses the cache, whose keys are the clean inputs' content."""
     columns = {}
     perturb = perturb or {}
     for modality, encoder in encoders.items():
@@ -87,8 +95,9 @@ def build_dataset(frame: pd.DataFrame, encoders: dict[str, Encoder], *, task: st
         column = ModalityColumn(index=index, values=values)
         if not values:
             pass  # every row lacks this modality: batches carry present=False only
-        elif not encoder.trainable and cache is not None and modality not in perturb:
-            column.features = cache.features(encoder, values, load, device=device)
+        elif not encoder.trainable and cache is not None and cache_variant(perturb, modality) is not False:
+            column.features = cache.features(encoder, values, load, device=device,
+                                             variant=cache_variant(perturb, modality))
             stats = cache.last_stats
             log.info("%s features: %d computed, %d reused from cache, %.1fs", modality,
                      stats["computed"], stats["reused"], stats["seconds"])

@@ -122,16 +122,32 @@ def evaluate_dataset(model: MultimodalModel, dataset: TableDataset, config, labe
             "modality_contribution": contribution, "rows": len(dataset), "headline": headline}
 
 
-def write_report(result: dict[str, Any], out_dir: str | Path, *, title: str, labels: list[str]) -> Path:
+def inputs_name(key: str, modalities: list[str]) -> str:
+    """'all' -> 'both present'; with two modalities 'without_text' -> 'image only (text removed)'."""
+    if key == "all":
+        return "both present" if len(modalities) == 2 else "all present"
+    removed = key.removeprefix("without_")
+    if len(modalities) == 2:
+        kept = next(m for m in modalities if m != removed)
+        return f"{kept} only ({removed} removed)"
+    return f"without {removed}"
+
+
+def write_report(result: dict[str, Any], out_dir: str | Path, *, title: str, labels: list[str],
+                 modality_dropout: dict[str, float] | None = None) -> Path:
     """report.md with the metric table, per-class table, modality contributions and plots."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", "", f"{result['rows']} rows.", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in result["metrics"].items()]
-    lines += ["", "## Modality contribution", "",
-              f"The {result['headline']} with each modality masked out of every row (absent, not zero-filled).", "",
+    contribution = result["modality_contribution"]
+    modalities = [k.removeprefix("without_") for k in contribution if k != "all"]
+    trained = (", ".join(f"{m} {r:g}" for m, r in modality_dropout.items()) if modality_dropout else "none")
+    lines += ["", "## Answering with a modality missing", "",
+              f"The {result['headline']} with each modality masked out of every row (absent, not zero-filled). "
+              f"Modality dropout in training: {trained}.", "",
               "| inputs | value |", "|---|---|"]
-    lines += [f"| {k.replace('_', ' ')} | {v:.4f} |" for k, v in result["modality_contribution"].items()]
+    lines += [f"| {inputs_name(k, modalities)} | {v:.4f} |" for k, v in contribution.items()]
     if result["per_class"]:
         keys = [k for k in result["per_class"][0] if k != "label"]
         lines += ["", "## Per class", "", "| label | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]

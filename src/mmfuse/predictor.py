@@ -48,6 +48,7 @@ class Predictor:
         self.fit_summary: dict[str, Any] = {}
         self.metrics: dict[str, Any] = {}
         self.bad_rows: list[BadRow] = []
+        self.runner = None  # an onnxruntime runner when loaded from an exported directory (mmfuse export)
 
     # ----- data -----------------------------------------------------------------------------
     def read(self, data: Any, *, labelled: bool = True) -> pd.DataFrame:
@@ -128,7 +129,8 @@ class Predictor:
         frame = self.read(data) if data is not None else self._default_test()
         result = evaluate_dataset(self.model, self._dataset(frame), self.config, self.labels, self.device)
         if report_dir is not None:
-            write_report(result, report_dir, title=title, labels=self.labels)
+            write_report(result, report_dir, title=title, labels=self.labels,
+                         modality_dropout=self.config.train.modality_dropout)
         self.metrics = {"metrics": result["metrics"], "modality_contribution": result["modality_contribution"],
                         "rows": result["rows"]}
         return result
@@ -165,7 +167,10 @@ class Predictor:
         frame = self.read(data, labelled=False)
         # Big tables go through the feature cache; a few rows (a served request) are encoded directly.
         dataset = self._dataset(frame.assign(label=None), cache=len(frame) > DIRECT_ROWS)
-        outputs = predict_outputs(self.model, dataset, self.config, self.device)
+        if self.runner is not None:
+            outputs = self.runner.outputs(dataset)
+        else:
+            outputs = predict_outputs(self.model, dataset, self.config, self.device)
         return frame, self.model.head.scores(outputs)
 
     def predict(self, data: Any, *, top_k: int = 3) -> pd.DataFrame:

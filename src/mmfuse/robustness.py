@@ -67,12 +67,17 @@ NOISES: dict[str, dict[str, Callable]] = {
 
 
 def perturbation(modality: str, noise: str, level: float, seed: int = 0) -> Callable:
-    """value -> noisy value; the randomness depends on (seed, the input) only."""
+    """value -> noisy value; the randomness depends on (seed, the input) only.
+
+    Being deterministic, a noisy input's features can be cached like clean ones: `cache_name`
+    names the variant (a frozen encoder's noisy features are then computed once for all models).
+    """
     function = NOISES[modality][noise]
 
     def apply(value, key: str):
         return value if level == 0 else function(value, level, _rng(seed, f"{noise}:{level}:{key}"))
 
+    apply.cache_name = None if level == 0 else f"{noise}-{level:g}-s{seed}"  # level 0: the clean cache
     return apply
 
 

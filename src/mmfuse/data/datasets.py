@@ -18,6 +18,8 @@ __all__ = ["builtin_names", "builtin_columns", "load_builtin", "easy_vqa_answers
 # did not set explicitly, so `data.source: easy_vqa` works with the default `columns`.
 _COLUMNS: dict[str, dict[str, str]] = {
     "easy_vqa": {"image": "image", "text": "question", "label": "answer", "split": "split"},
+    # Our own generator (data/scenes.py): multi-object scenes, counting / binding / order questions.
+    "shape_scenes": {"image": "image", "text": "question", "label": "answer", "split": "split"},
 }
 
 
@@ -55,6 +57,10 @@ def _load(name: str) -> pd.DataFrame:
     # Cached: reading ~48k questions from JSON is cheap but happens on every split/read call.
     if name == "easy_vqa":
         return _load_easy_vqa()
+    if name == "shape_scenes":
+        from .scenes import load_shape_scenes
+
+        return load_shape_scenes()
     raise AssertionError(name)  # pragma: no cover - _check_name guards this
 
 

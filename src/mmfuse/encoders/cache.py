@@ -39,8 +39,10 @@ class FeatureCache:
         self.root = Path(root)
         self.last_stats: dict[str, float] = {}
 
-    def folder(self, encoder: Encoder) -> Path:
-        return self.root / f"{encoder.modality}-{encoder.fingerprint()}"
+    def folder(self, encoder: Encoder, variant: str | None = None) -> Path:
+        """`variant` names a deterministic change of the inputs (e.g. `gaussian-0.25-s0` noise)."""
+        name = f"{encoder.modality}-{encoder.fingerprint()}"
+        return self.root / (name if variant is None else f"{name}-{variant}")
 
     def _stored(self, folder: Path) -> dict[str, Path]:
         """content hash -> shard holding it (reads only the safetensors headers)."""
@@ -53,14 +55,14 @@ class FeatureCache:
         return where
 
     def features(self, encoder: Encoder, values: list[Any], load: Callable[[list[Any]], list[Any]],
-                 batch_size: int = 64, device: str | torch.device = "cpu") -> Features:
+                 batch_size: int = 64, device: str | torch.device = "cpu", variant: str | None = None) -> Features:
         """Features for `values` (unique inputs), computing only the ones not on disk yet.
 
         `load` turns raw values (paths) into what `encoder.prepare` takes (decoded images).
         """
         start = time.perf_counter()
         keys = [content_hash(encoder.modality, v) for v in values]
-        folder = self.folder(encoder)
+        folder = self.folder(encoder, variant)
         folder.mkdir(parents=True, exist_ok=True)
         where = self._stored(folder)
         missing = sorted({k: v for k, v in zip(keys, values) if k not in where}.items())
