@@ -172,6 +172,208 @@ def data_check(
         raise typer.Exit(2)
 
 
+@app.command()
+def serve(
+    model: Path = typer.Argument(..., help="A model directory to serve."),
+    index: Optional[Path] = typer.Option(None, help="An index directory (mmfuse index): adds /search."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; beyond loopback a token is required."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    token_file: Optional[Path] = typer.Option(None, help="File holding the bearer token (else $MMFUSE_TOKEN)."),
+    max_batch: int = typer.Option(32, help="Most rows in one forward pass."),
+    max_wait_ms: float = typer.Option(5.0, help="How long a request waits for others to share its batch."),
+    batching: bool = typer.Option(True, "--batching/--no-batching", help="Micro-batch concurrent requests."),
+    max_queue: int = typer.Option(256, help="Waiting requests before answering 503 + Retry-After."),
+    max_rows: int = typer.Option(64, help="Most rows in one request."),
+    max_body_mb: float = typer.Option(8.0, help="Request body cap in MiB (enforced while reading)."),
+    max_pixels: int = typer.Option(25_000_000, help="Image pixel cap, read from the header before decoding."),
+    max_text_chars: int = typer.Option(2_000, help="Longest accepted text."),
+    timeout: float = typer.Option(30.0, help="Seconds a request may take, queueing included (then 504)."),
+    mask_pii: bool = typer.Option(False, help="Mask emails, phone and id numbers in logged texts."),
+) -> None:
+    """Serve a model over HTTP: predict, embed, search, health, metrics, OpenAPI docs and a web page."""
+    from .serve import ServeSettings
+    from .serve import serve as run_server
+    from .serve.security import load_token
+
+    settings = ServeSettings(model_dir=model, index_dir=index, host=host, port=port,
+                             token=load_token(token_file), max_batch=max_batch, max_wait_ms=max_wait_ms,
+                             batching=batching, max_queue=max_queue, max_rows=max_rows,
+                             max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels,
+                             max_text_chars=max_text_chars, timeout_s=timeout, mask_pii=mask_pii)
+    if not (model / "config.yaml").is_file():
+        raise MmfuseError(f"{model}: not a model directory (no config.yaml)")
+    run_server(settings.check())
+
+
+# ----- alignment: a shared image-text space, its FAISS index and search ---------------------------
+index_app = typer.Typer(no_args_is_help=True, help="A FAISS index of images embedded by an aligned model.")
+app.add_typer(index_app, name="index")
+
+
+@app.command()
+def align(
+    config: Path = typer.Argument(..., help="YAML config with an align section (see configs/easy_vqa_align.yaml)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
+    """Train projection heads into one image-text space; save RUN/model; print test retrieval metrics."""
+    from .align import train_alignment
+    from .config import load_config
+
+    cfg = load_config(config, list(set_))
+    if cfg.align is None:
+        raise MmfuseError(f"{config}: no align section (see configs/easy_vqa_align.yaml)")
+    run = train_alignment(cfg, echo=typer.echo)
+    summary = run.summary
+    typer.echo(f"trained {summary['epochs']} epochs on {summary['train_pairs']} pairs in "
+               f"{summary['train_seconds']:.1f} s (objectives: "
+               + ", ".join(f"{k} {v:g}" for k, v in cfg.align.objectives.items()) + ")")
+    if "test_metrics" in summary:
+        print_metrics(f"test retrieval ({summary['test_pairs']} pairs)", summary["test_metrics"])
+    if "zero_shot" in summary:
+        shot = summary["zero_shot"]
+        typer.echo(f"\nzero-shot accuracy: held-out captions {shot['held_out_acc']:.4f} "
+                   f"({shot['held_out_images']} images), seen {shot['seen_acc']:.4f} "
+                   f"({shot['seen_images']} images), chance {shot['chance']:.4f}")
+    model_dir = Path(cfg.output_dir) / "model"
+    run.model.save(model_dir, metrics=summary)
+    typer.echo(f"aligned model saved to {model_dir}")
+
+
+def _embed_rows(model):
+    return lambda rows: model.embed_images(rows["image"].tolist())
+
+
+def _gallery(data: Path, image_column: str):
+    from .align.gallery import image_rows
+
+    rows, bad = image_rows(data, column=image_column)
+    for line in bad[:20]:
+        typer.echo(f"  skipped {line}", err=True)
+    if bad:
+        typer.echo(f"{len(bad)} bad rows skipped", err=True)
+    return rows
+
+
+def _index_model(index):
+    from .align import AlignedModel
+
+    if "model" not in index.info:
+        raise MmfuseError("this index records no aligned model (index.json info.model); build it with "
+                          "`mmfuse index build MODEL`")
+    return AlignedModel.load(index.info["model"])
+
+
+@index_app.command("build")
+def index_build(
+    model: Path = typer.Argument(..., help="An aligned model directory (mmfuse align)."),
+    data: Path = typer.Option(..., help="A table with an image column, or a folder of images."),
+    out: Path = typer.Option(..., help="Index directory to write."),
+    image_column: str = typer.Option("image", help="The table's image-path column."),
+    kind: str = typer.Option("auto", help="Index kind: auto, flat, hnsw, ivf, ivf_pq."),
+    batch_size: int = typer.Option(256, help="Images embedded per chunk (each chunk is staged: resumable)."),
+) -> None:
+    """Embed images with an aligned model into a FAISS index (rerun to resume an interrupted build)."""
+    from .align import AlignedModel
+    from .index import build_index
+
+    aligned = AlignedModel.load(model)
+    rows = _gallery(data, image_column)
+    index = build_index(rows, _embed_rows(aligned), out, batch_size=batch_size, kind=kind,
+                        info={"model": str(model.resolve())})
+    typer.echo(f"indexed {len(index)} images ({index.kind}) into {out}")
+
+
+@index_app.command("add")
+def index_add(
+    index: Path = typer.Argument(..., help="An index directory (mmfuse index build)."),
+    data: Path = typer.Option(..., help="A table with an image column, or a folder of images."),
+    image_column: str = typer.Option("image", help="The table's image-path column."),
+) -> None:
+    """Embed more images into an existing index with the model it was built with."""
+    from .index import VectorIndex
+
+    vectors = VectorIndex.open(index, mmap=False)
+    rows = _gallery(data, image_column)
+    ids = vectors.add(_index_model(vectors).embed_images(rows["image"].tolist()), rows)
+    vectors.save(index)
+    typer.echo(f"added {len(ids)} images (ids {ids[0]}..{ids[-1]}); the index holds {len(vectors)}")
+
+
+@index_app.command("remove")
+def index_remove(
+    index: Path = typer.Argument(..., help="An index directory."),
+    ids: str = typer.Option(..., help="Ids to remove, comma-separated (as printed by search)."),
+) -> None:
+    """Remove images from an index by id."""
+    from .index import VectorIndex
+
+    try:
+        wanted = [int(part) for part in ids.split(",") if part.strip()]
+    except ValueError:
+        raise MmfuseError(f"--ids {ids!r}: expected comma-separated integers") from None
+    vectors = VectorIndex.open(index, mmap=False)
+    removed = vectors.remove(wanted)
+    vectors.save(index)
+    typer.echo(f"removed {removed} of {len(wanted)} ids; the index holds {len(vectors)}")
+
+
+@app.command()
+def search(
+    index: Path = typer.Argument(..., help="An index directory (mmfuse index build)."),
+    text: Optional[str] = typer.Argument(None, help="A text query, e.g. \"a red circle\"."),
+    image: Optional[Path] = typer.Option(None, help="An image query instead of text."),
+    k: int = typer.Option(10, "-k", "--k", help="How many hits."),
+    html: Optional[Path] = typer.Option(None, help="Also write an HTML contact sheet of the hits."),
+) -> None:
+    """Search an image index by text or by image: rank, score, id, path of the top k."""
+    import pandas as pd
+
+    from .align.gallery import contact_sheet
+    from .index import VectorIndex
+
+    if (text is None) == (image is None):
+        raise MmfuseError("give either a text query or --image PATH")
+    vectors = VectorIndex.open(index)
+    model = _index_model(vectors)
+    query = model.embed_texts([text]) if text is not None else model.embed_images([image])
+    result = vectors.search(query, k)
+    found = result.ids[0] >= 0
+    hits = vectors.metadata_for(result.ids[0][found])
+    hits.insert(0, "score", result.scores[0][found])
+    hits.insert(0, "rank", range(1, len(hits) + 1))
+    typer.echo(f"{'rank':>4}  {'score':>7}  {'id':>6}  path")
+    for hit in hits.itertuples():
+        typer.echo(f"{hit.rank:>4}  {hit.score:>7.4f}  {hit.id:>6}  {hit.image}")
+    if html is not None:
+        html.write_text(contact_sheet(pd.DataFrame(hits), text if text is not None else f"image: {image}"))
+        typer.echo(f"contact sheet: {html}")
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="A model directory written by train / Predictor.save."),
+    format_: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    out: Optional[Path] = typer.Option(None, help="Output model directory (default: MODEL_onnx[_int8][_prunedX])."),
+    quantize: Optional[str] = typer.Option(None, help="int8: onnxruntime dynamic quantization of the graphs."),
+    prune: Optional[float] = typer.Option(None, help="Sparsity (e.g. 0.5) of fusion + head linear weights, "
+                                                     "by global magnitude, then a short fine-tune."),
+    finetune_epochs: int = typer.Option(2, help="Fine-tune epochs after --prune."),
+    evaluate: bool = typer.Option(True, help="Measure accuracy and rows/s on the test split -> MODEL/report/export.md."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for onnxruntime and PyTorch (default: all cores)."),
+) -> None:
+    """ONNX graphs (image tower, text tower, fusion + head) in a model directory that Predictor.load runs
+    with onnxruntime; optionally int8-quantized and/or pruned."""
+    from .export import export_model
+    from .export.measure import format_table
+
+    result = export_model(model, out, fmt=format_, quantize=quantize, prune=prune,
+                          finetune_epochs=finetune_epochs, evaluate=evaluate, threads=threads)
+    if result["lines"]:
+        typer.echo(format_table(result["lines"]))
+        typer.echo(f"report: {model / 'report' / 'export.md'}")
+    typer.echo(f"exported to {result['out']}")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):

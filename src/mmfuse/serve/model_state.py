@@ -1,0 +1,36 @@
+"""The served model's life: loading in the background at startup, then ready (or failed)."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from .runner import ModelRunner
+
+log = logging.getLogger("mmfuse.serve")
+
+
+class ModelState:
+    def __init__(self, load: Callable[[], Any]):
+        self.load = load
+        self.status = "loading"   # -> "ready" | "failed"
+        self.runner: ModelRunner | None = None
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._load, name="mmfuse-load", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.runner = ModelRunner(self.load())
+        except Exception as error:  # noqa: BLE001 - reported by /health/ready and the log
+            self.error = f"{type(error).__name__}: {error}"
+            self.status = "failed"
+            log.error("model failed to load: %s", self.error)
+            return
+        self.status = "ready"
+        log.info("model ready in %.1f s (%s, %d labels)", time.perf_counter() - started,
+                 self.runner.task, len(self.runner.labels))
