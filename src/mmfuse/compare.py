@@ -16,11 +16,12 @@ import itertools
 import json
 import logging
 import math
+import multiprocessing
 import os
 import resource
-import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -284,16 +285,41 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
 
 
-def launch_cell(cell_dir: Path) -> subprocess.CompletedProcess:
-    import mmfuse
+# Importing torch + Lightning + transformers takes 5-8 s, longer than many cells train: cells
+# fork from a server process that imported them once (forkserver), so each cell still runs in a
+# fresh process of its own (own memory peak, crash isolated) without paying the imports again.
+PRELOAD = ["torch", "lightning", "transformers", "mmfuse.compare", "mmfuse.predictor", "mmfuse.train"]
 
-    env = dict(os.environ)
-    # The child imports the very mmfuse this process runs, installed or not.
-    root = str(Path(mmfuse.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    with open(cell_dir / "log.txt", "w") as out:
-        return subprocess.run([sys.executable, "-m", "mmfuse.compare", "--cell", str(cell_dir)],
-                              stdout=out, stderr=subprocess.STDOUT, env=env)
+
+def cell_context() -> multiprocessing.context.BaseContext:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+def launch_cell(cell_dir: Path, context: multiprocessing.context.BaseContext) -> int:
+    """Run the cell in a child process; its exit code (0 when cell.json was written)."""
+    process = context.Process(target=cell_child, args=(str(cell_dir),), name=f"cell {cell_dir.name}")
+    process.start()
+    process.join()
+    return process.exitcode
+
+
+def cell_child(cell_dir: str) -> None:
+    """The child: stdout and stderr go to the cell's log.txt, as a separate program's would."""
+    with open(Path(cell_dir) / "log.txt", "w") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+        sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+        logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+        try:
+            run_cell(Path(cell_dir))
+        except BaseException:
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)  # skip the parent's atexit hooks, inherited through fork
+        sys.stdout.flush()
 
 
 # ----- reuse ------------------------------------------------------------------------------------
@@ -348,6 +374,7 @@ def run_comparison(config: Config, fusions: list[str], seeds: int, folds: int | 
     if todo:
         parts = prepare_data(config, folds, out_dir / "data")
     failed = []
+    context = cell_context()
     for number, cell in enumerate(todo, 1):
         fusion, seed, fold = cell
         cell_dir = out_dir / "cells" / cell_name(*cell)
@@ -361,7 +388,7 @@ def run_comparison(config: Config, fusions: list[str], seeds: int, folds: int | 
                 "robustness": seed == seed_ids[0] and fold == fold_ids[0]}
         (cell_dir / "spec.json").write_text(json.dumps(spec, indent=2))
         echo(f"[{number}/{len(todo)}] {cell_dir.name}: training")
-        if launch_cell(cell_dir).returncode != 0:
+        if launch_cell(cell_dir, context) != 0:
             failed.append(cell_dir.name)
             tail = (cell_dir / "log.txt").read_text()[-1500:]
             echo(f"[{number}/{len(todo)}] {cell_dir.name}: FAILED (log: {cell_dir / 'log.txt'})\n{tail}")
