@@ -582,9 +582,11 @@ def plot_robustness(cells: pd.DataFrame, out_dir: Path, path: Path) -> None:
     panels = list(mean.groupby(["modality", "noise"], sort=False))
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), sharey=True, squeeze=False)
+    styles = dict(zip(mean["fusion"].unique(), itertools.cycle(
+        [{"color": color, "linestyle": dash} for dash in ("-", "--") for color in plt.cm.tab10.colors])))
     for ax, ((modality, noise), part) in zip(axes[0], panels):
         for fusion, line in part.groupby("fusion", sort=False):
-            ax.plot(line["level"], line[metric], marker="o", markersize=3, label=fusion)
+            ax.plot(line["level"], line[metric], marker="o", markersize=3, label=fusion, **styles[fusion])
         ax.set_title(f"{modality}: {noise}", fontsize=9)
         ax.set_xlabel("noise level")
     axes[0][0].set_ylabel(metric)
