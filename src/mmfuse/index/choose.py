@@ -9,7 +9,7 @@ Every kind stores L2-normalised float32 vectors and searches by inner product (=
           knob: nprobe
 
 "auto" is exact below FLAT_LIMIT vectors and HNSW above it. Why HNSW, measured by bench/index.py
-on this 2-core machine (docs/index_bench.md), 200k clustered 384-d vectors: HNSW32 reached recall@10
+on this 2-core machine (docs/benchmarks.md, vector index section), 200k clustered 384-d vectors: HNSW32 reached recall@10
 0.973 at 11.5x / 0.941 at 24x over brute-force NumPy, IVF-Flat (2048 lists) only 0.821 at 13.8x /
 0.721 at 25x: the data's clusters overlap, so the right neighbours spread over many lists. HNSW
 costs a slower build (90 s for 200k) and cannot delete vectors in FAISS; removed ids are hidden
