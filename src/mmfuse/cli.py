@@ -383,6 +383,18 @@ def main() -> None:
     except MmfuseError as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
+    except ModuleNotFoundError as error:
+        extra = OPTIONAL_PACKAGES.get((error.name or "").split(".")[0])
+        if extra is None:
+            raise
+        typer.echo(f"error: this command needs the package {error.name!r}: pip install 'mmfuse[{extra}]'", err=True)
+        sys.exit(2)
+
+
+# Packages of the optional extras (pyproject.toml) -> the extra that installs them.
+OPTIONAL_PACKAGES = {"faiss": "search", "open_clip": "search", "fastapi": "serve", "uvicorn": "serve",
+                     "multipart": "serve", "prometheus_client": "serve", "httpx": "serve",
+                     "onnx": "export", "onnxscript": "export", "onnxruntime": "export"}
 
 
 if __name__ == "__main__":
