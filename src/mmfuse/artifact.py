@@ -78,6 +78,10 @@ def load_artifact(cls, directory: str | Path):
         saved = json.loads(metrics_file.read_text())
         predictor.fit_summary = saved.get("fit", {})
         predictor.metrics = {k: v for k, v in saved.items() if k != "fit"}
+    if (path / "onnx" / "manifest.json").is_file():  # written by `mmfuse export`: predict with onnxruntime
+        from .export.runner import OnnxRunner
+
+        predictor.runner = OnnxRunner(path)
     return predictor
 
 
