@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .data.batching import ModalityColumn, TableDataset, unique_index
+from .data.manifest import DecodedImage
 from .data.media import open_image
 from .encoders import Encoder
 from .encoders.cache import FeatureCache
@@ -24,7 +25,7 @@ PREPARE_CHUNK = 512
 
 def image_loader(max_pixels: int):
     def load(paths: list[str]) -> list[Any]:
-        return [open_image(p, max_pixels=max_pixels) for p in paths]
+        return [p.image if isinstance(p, DecodedImage) else open_image(p, max_pixels=max_pixels) for p in paths]
 
     return load
 

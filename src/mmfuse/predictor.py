@@ -49,6 +49,9 @@ class Predictor:
         self.metrics: dict[str, Any] = {}
         self.bad_rows: list[BadRow] = []
         self.runner = None  # an onnxruntime runner when loaded from an exported directory (mmfuse export)
+        # Where small requests (<= DIRECT_ROWS) keep frozen-encoder features: None encodes them
+        # every time; a server sets an in-memory LRU (mmfuse.serve.feature_lru.FeatureLRU).
+        self.small_request_cache = None
 
     # ----- data -----------------------------------------------------------------------------
     def read(self, data: Any, *, labelled: bool = True) -> pd.DataFrame:
@@ -83,7 +86,7 @@ class Predictor:
         assert self.model is not None
         return build_dataset(frame, dict(self.model.encoders), task=self.config.task, labels=self.labels,
                              max_pixels=self.config.data.max_pixels,
-                             cache=FeatureCache(self.config.cache_dir) if cache else None,
+                             cache=FeatureCache(self.config.cache_dir) if cache else self.small_request_cache,
                              group_by_image=self.config.train.group_by_image, device=self.device,
                              perturb=perturb)
 

@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from .datasets import builtin_columns, builtin_names, load_builtin
 from .media import MediaError, check_image, clean_text
 
-__all__ = ["BadRow", "Manifest", "read_table", "load_manifest", "split_manifest", "SPLIT_NAMES"]
+__all__ = ["BadRow", "DecodedImage", "Manifest", "read_table", "load_manifest", "split_manifest", "SPLIT_NAMES"]
 
 TASKS = ("classification", "multilabel", "regression")
 MODALITIES = ("image", "text")
@@ -70,6 +71,19 @@ class Manifest:
             counts = Counter(b.reason.split(":", 1)[0] for b in self.bad_rows)
             text += " (reasons counted: " + ", ".join(f"{k} ×{n}" for k, n in counts.most_common()) + ")"
         return text
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An image file whose caller has already decoded it with `media.open_image` (a server vets
+    each upload that way). The manifest and the dataset use `image` instead of decoding the file
+    again; the file stays the input's identity (its bytes are the feature caches' key)."""
+
+    path: str
+    image: Image.Image = dataclass_field(compare=False, repr=False)
+
+    def __fspath__(self) -> str:
+        return self.path
 
 
 class _RowProblem(Exception):
@@ -189,6 +203,8 @@ def _parse_split(value: Any) -> str | None:
 
 def _image_path(value: Any, base: str) -> str | None:
     """An absolute path, or None when the cell is empty (the row simply has no image)."""
+    if isinstance(value, DecodedImage):
+        return value
     if _is_missing(value):
         return None
     text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
@@ -201,6 +217,14 @@ def _image_path(value: Any, base: str) -> str | None:
     # Relative paths are relative to the manifest file, not the working directory, so a data
     # folder can be moved or run from anywhere.
     return os.path.abspath(os.path.join(base, path))
+
+
+def _pixel_reason(image: Image.Image, max_pixels: int) -> str | None:
+    """Only the size is left to check on an image its caller has already decoded."""
+    pixels = image.width * image.height
+    if pixels > max_pixels:
+        return f"image too large: {image.width}×{image.height} = {pixels:,} pixels (max_pixels is {max_pixels:,})"
+    return None
 
 
 # ----- the manifest ---------------------------------------------------------------------------
@@ -308,7 +332,9 @@ def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: 
     reasons: dict[str, str | None] = {}
     for _, record in pending:
         path = record["image"]
-        if path is not None and path not in reasons:
+        if isinstance(path, DecodedImage):
+            reasons[path] = _pixel_reason(path.image, data.max_pixels)
+        elif path is not None and path not in reasons:
             reasons[path] = check_image(path, max_pixels=data.max_pixels)
 
     for i, record in pending:

@@ -3,8 +3,9 @@
 Images arrive as bytes (an upload or base64). Checks run cheapest first and the pixel count is
 read from the header before any decoding, so a decompression bomb costs nothing; the full
 decode (which catches truncated files) is `mmfuse.data.media.open_image`, the same code that
-vets training images. A validated image is written to a per-server temp folder because the
-Predictor takes image paths; the caller deletes it after the request.
+vets training images. A validated image is written to a per-server temp folder (the file is the
+input's identity for the feature caches; the caller deletes it after the request) and handed on
+with its decoded pixels as a `DecodedImage`, so the Predictor does not decode it again.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from ..data import media
+from ..data.manifest import DecodedImage
 from .errors import ApiError, invalid
 
 # Formats a client may send (PIL format names). Everything else PIL can read (TIFF, PSD, ICO,
@@ -32,9 +34,9 @@ _DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 
 @dataclass
 class ModelRow:
-    """One validated row: an image file path and/or a text (None where absent)."""
+    """One validated row: a decoded image file and/or a text (None where absent)."""
 
-    image: str | None = None
+    image: DecodedImage | None = None
     text: str | None = None
 
 
@@ -93,8 +95,9 @@ def _unsupported(data: bytes) -> str:
         return f"not an image (unrecognised format; send {allowed})"
 
 
-def save_image(data: bytes, field: str, *, max_pixels: int, folder: Path) -> str:
-    """Validate image bytes fully and store them; returns the file path (caller deletes it)."""
+def save_image(data: bytes, field: str, *, max_pixels: int, folder: Path) -> DecodedImage:
+    """Validate image bytes fully and store them; returns the file with its decoded pixels
+    (the caller deletes the file)."""
     if not data:
         raise invalid(field, "empty image")
     kind = _header_format(data, field, max_pixels)
@@ -102,11 +105,11 @@ def save_image(data: bytes, field: str, *, max_pixels: int, folder: Path) -> str
     with os.fdopen(handle, "wb") as out:
         out.write(data)
     try:
-        media.open_image(path, max_pixels=max_pixels).close()  # full decode: truncation, bad data
+        image = media.open_image(path, max_pixels=max_pixels)  # full decode: truncation, bad data
     except media.MediaError as error:
         os.unlink(path)
         raise invalid(field, str(error)) from None
-    return path
+    return DecodedImage(path, image)
 
 
 def discard(rows: list[ModelRow]) -> None:

@@ -87,10 +87,10 @@ def _row(request: Request, runner: ModelRunner, image: bytes | None, text: str |
     if image is None and text is None:
         raise invalid(f"{where}image", "the row has neither an image nor a text")
     clean = check_text(text, f"{where}text", max_chars=settings.max_text_chars)
-    path = None
+    decoded = None
     if image is not None:
-        path = save_image(image, f"{where}image", max_pixels=settings.max_pixels, folder=request.app.state.tmp)
-    return ModelRow(image=path, text=clean)
+        decoded = save_image(image, f"{where}image", max_pixels=settings.max_pixels, folder=request.app.state.tmp)
+    return ModelRow(image=decoded, text=clean)
 
 
 def _json_rows(request: Request, runner: ModelRunner, rows: list[RowIn]) -> list[ModelRow]:

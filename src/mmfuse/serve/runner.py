@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .errors import invalid
+from .feature_lru import FeatureLRU
 from .inputs import ModelRow
 
 
@@ -26,6 +27,9 @@ class RowResult:
 class ModelRunner:
     def __init__(self, predictor):
         self.predictor = predictor
+        # Requests repeat their inputs (easy-VQA: ~100 distinct questions): keep the frozen
+        # encoders' features in memory instead of re-encoding them in every batch.
+        predictor.small_request_cache = FeatureLRU()
         config = predictor.config
         self.task = config.task
         self.labels = list(predictor.labels)

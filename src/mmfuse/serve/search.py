@@ -111,7 +111,8 @@ def attach_search(app: FastAPI, directory: Path) -> None:
                 data = decode_base64(body.image, "image")
                 row.image = await run_in_threadpool(save_image, data, "image", max_pixels=settings.max_pixels,
                                                     folder=request.app.state.tmp)
-            hits = await run_in_threadpool(index.query, text, row.image, body.k)
+            image = None if row.image is None else row.image.path
+            hits = await run_in_threadpool(index.query, text, image, body.k)
         except MmfuseError as error:
             raise invalid("image" if body.image is not None else "text", str(error)) from None
         finally:
