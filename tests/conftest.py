@@ -33,13 +33,18 @@ def make_shapes_table(folder: Path, n_images: int = 36, seed: int = 0, size: int
     return pd.DataFrame(rows)
 
 
-@pytest.fixture
-def shapes_csv(tmp_path: Path) -> Path:
-    frame = make_shapes_table(tmp_path / "images")
+def write_shapes_csv(folder: Path) -> Path:
+    """folder/table.csv over folder/images/*.png, image paths relative to the table."""
+    frame = make_shapes_table(folder / "images")
     frame["image"] = "images/" + frame["image"]
-    path = tmp_path / "table.csv"
+    path = folder / "table.csv"
     frame.to_csv(path, index=False)
     return path
+
+
+@pytest.fixture
+def shapes_csv(tmp_path: Path) -> Path:
+    return write_shapes_csv(tmp_path)
 
 
 def tiny_config(tmp_path: Path, source: Path | str, **overrides) -> dict:

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import make_shapes_table, tiny_config
+from conftest import tiny_config, write_shapes_csv
 from mmfuse.cli import app
 from mmfuse.compare import plan_parts, run_comparison, sign_flip_p
 from mmfuse.config import parse_config
@@ -19,9 +19,7 @@ FUSIONS = ["concat", "late"]
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
-    frame = make_shapes_table(folder / "images")
-    frame["image"] = "images/" + frame["image"]
-    frame.to_csv(folder / "table.csv", index=False)
+    write_shapes_csv(folder)
     return folder
 
 

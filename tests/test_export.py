@@ -11,7 +11,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from conftest import make_shapes_table, tiny_config
+from conftest import tiny_config, write_shapes_csv
 from mmfuse import Predictor
 from mmfuse.cli import main
 from mmfuse.errors import ArtifactError
@@ -28,9 +28,7 @@ TOLERANCE = 1e-4
 def source(tmp_path_factory):
     """A trained tiny model (FiLM over image tokens: tokens, masks and both roles are exercised)."""
     folder = tmp_path_factory.mktemp("export")
-    frame = make_shapes_table(folder / "images")
-    frame["image"] = "images/" + frame["image"]
-    frame.to_csv(folder / "table.csv", index=False)
+    write_shapes_csv(folder)
     config = tiny_config(folder, folder / "table.csv", **{"fusion.name": "film", "train.epochs": 12})
     predictor = Predictor(config).fit()
     predictor.save(folder / "model")

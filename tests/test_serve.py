@@ -12,7 +12,7 @@ import httpx
 import pytest
 import torch
 
-from conftest import make_shapes_table, tiny_config
+from conftest import tiny_config, write_shapes_csv
 from mmfuse import Predictor
 from mmfuse.errors import ConfigError
 from mmfuse.serve import ServeSettings, create_app
@@ -25,9 +25,7 @@ QUESTION = "what color is the square?"
 
 def build_tiny_model(folder: Path) -> tuple[Path, list[Path]]:
     """Train and save a tiny random-encoder model; returns (model dir, its image files)."""
-    frame = make_shapes_table(folder / "images")
-    frame["image"] = "images/" + frame["image"]
-    frame.to_csv(folder / "table.csv", index=False)
+    write_shapes_csv(folder)
     Predictor(tiny_config(folder, folder / "table.csv")).fit().save(folder / "model")
     return folder / "model", sorted((folder / "images").glob("*.png"))
 

@@ -1,11 +1,12 @@
 """The served path's speed-ups give the same answers: the in-memory feature LRU, decoded images."""
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
-from conftest import make_shapes_table, tiny_config
+from conftest import tiny_config, write_shapes_csv
 from mmfuse import Predictor
 from mmfuse.data.manifest import DecodedImage
 from mmfuse.data.media import open_image
@@ -24,9 +25,7 @@ def as_is(values):
 def frozen(tmp_path_factory) -> tuple[Predictor, list[dict]]:
     """A tiny model whose encoders are both frozen, so both go through the feature caches."""
     folder = tmp_path_factory.mktemp("frozen")
-    frame = make_shapes_table(folder / "images")
-    frame["image"] = "images/" + frame["image"]
-    frame.to_csv(folder / "table.csv", index=False)
+    frame = pd.read_csv(write_shapes_csv(folder))
     config = tiny_config(folder, folder / "table.csv", **{"encoders.image.trainable": False,
                                                          "encoders.text.trainable": False})
     # Not saved and reloaded: a frozen tiny encoder is random, so it cannot be rebuilt from an artifact.
