@@ -1,3 +1,4 @@
+import pandas as pd
 import torch
 
 from mmfuse.config import parse_config
@@ -41,3 +42,59 @@ def test_validation_scores():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
     assert validation_score("classification", logits, torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)
     assert validation_score("regression", torch.tensor([1.0, 3.0]), torch.tensor([1.0, 1.0])) == pytest.approx(2.0)
+
+
+# ----- alignment as an auxiliary loss (train.alignment) ------------------------------------------
+
+def test_auxiliary_alignment_lowers_its_loss_and_marks_repeated_rows_positive():
+    from mmfuse.features import Features
+    from mmfuse.heads.alignment import AuxiliaryAlignment
+
+    torch.manual_seed(0)
+    images = torch.randn(8, 12)
+    texts = images @ torch.randn(12, 10)  # each image's text is a fixed function of it
+    rows = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 0, 1])  # rows 8, 9 repeat images 0, 1
+    feats = {"image": Features(pooled=images[rows]), "text": Features(pooled=texts[rows])}
+    alignment = AuxiliaryAlignment(image_dim=12, text_dim=10, weights={"contrastive": 1.0}, dim=8)
+    positives = alignment.positives(images[rows], texts[rows])
+    assert positives[0, 8] and positives[8, 0] and positives[1, 9] and not positives[0, 1]
+    optimizer = torch.optim.Adam(alignment.parameters(), lr=0.05)
+    first = alignment(feats).item()
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss = alignment(feats)
+        loss.backward()
+        optimizer.step()
+    assert alignment(feats).item() < 0.5 * first
+    # Rows without one of the modalities take no part; fewer than two rows: no loss.
+    feats["text"] = Features(pooled=texts[rows], present=torch.tensor([True] + [False] * 9))
+    assert alignment(feats).item() == 0.0
+
+
+def test_alignment_is_checked_in_config():
+    with pytest.raises(ConfigError, match="unknown alignment objective 'nope'"):
+        parse_config({"train": {"alignment": {"nope": 1.0}}})
+    with pytest.raises(ConfigError, match="needs both an image and a text"):
+        parse_config({"encoders": {"text": None}, "train": {"alignment": {"contrastive": 0.1}}})
+
+
+def test_fit_with_auxiliary_alignment_saves_and_reloads(tmp_path, shapes_csv):
+    from conftest import tiny_config
+    from mmfuse import Predictor
+
+    config = tiny_config(tmp_path, shapes_csv, **{"train.alignment": {"contrastive": 0.5, "dcca": 0.1},
+                                                   "train.alignment_dim": 8})
+    predictor = Predictor(config).fit()
+    trained = predictor.model.alignment.project["image"].weight.detach().clone()
+    from mmfuse.model import build_encoders, build_model
+
+    torch.manual_seed(predictor.config.train.seed)  # as fit seeds: the weights training started from
+    fresh = build_model(predictor.config, len(predictor.labels), build_encoders(predictor.config))
+    assert not torch.allclose(fresh.alignment.project["image"].weight, trained)  # the loss trained it
+    predictor.save(tmp_path / "model")
+    loaded = Predictor.load(tmp_path / "model")
+    assert torch.equal(loaded.model.alignment.project["image"].weight, trained)
+    table = pd.read_csv(shapes_csv)
+    table["image"] = str(tmp_path) + "/" + table["image"]
+    rows = table.drop(columns=["answer"])
+    assert torch.equal(predictor.predict_scores(rows)[1], loaded.predict_scores(rows)[1])

@@ -96,6 +96,10 @@ class TrainConfig(Section):
     # Modality dropout: per modality, the chance a training row loses it (masked as absent), so
     # the model learns to answer from what is left. A row never loses all its modalities.
     modality_dropout: dict[str, float] = {}
+    # Alignment as an auxiliary loss: objective name -> weight (e.g. {contrastive: 0.1}), added to
+    # the task loss over two projections of the pooled image and text features.
+    alignment: dict[str, float] = {}
+    alignment_dim: int = Field(128, gt=0)
     num_workers: int = Field(0, ge=0)
     progress_bar: bool = True
 
@@ -185,6 +189,13 @@ def check_names(config: Config) -> None:
             raise ConfigError(f"train.modality_dropout.{modality}: {rate} is not in [0, 1)")
     for modality in config.modalities():
         check_encoder_name(modality, getattr(config.encoders, modality).name)
+    if config.train.alignment:
+        from .align.objectives import OBJECTIVES
+
+        for name in config.train.alignment:
+            OBJECTIVES.get(name)
+        if sorted(config.modalities()) != ["image", "text"]:
+            raise ConfigError("train.alignment: aligning needs both an image and a text modality")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

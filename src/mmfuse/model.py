@@ -10,14 +10,17 @@ from .encoders import Encoder, create_encoder
 from .features import Features
 from .fusion import Fusion, create_fusion
 from .heads import TaskHead, create_head
+from .heads.alignment import AuxiliaryAlignment
 
 
 class MultimodalModel(nn.Module):
-    def __init__(self, encoders: dict[str, Encoder], fusion: Fusion, head: TaskHead):
+    def __init__(self, encoders: dict[str, Encoder], fusion: Fusion, head: TaskHead,
+                 alignment: AuxiliaryAlignment | None = None):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.head = head
+        self.alignment = alignment  # an auxiliary training loss only (train.alignment)
 
     @property
     def modalities(self) -> list[str]:
@@ -61,4 +64,8 @@ def build_model(config: Config, num_labels: int, encoders: dict[str, Encoder] | 
     head = create_head(in_dim=fusion.out_dim, num_labels=num_labels, task=config.task,
                        hidden=config.head.hidden, dropout=config.head.dropout,
                        linear=getattr(fusion, "wants_linear_head", False))
-    return MultimodalModel(encoders, fusion, head)
+    alignment = None
+    if config.train.alignment:
+        alignment = AuxiliaryAlignment(image_dim=encoders["image"].out_dim, text_dim=encoders["text"].out_dim,
+                                       weights=config.train.alignment, dim=config.train.alignment_dim)
+    return MultimodalModel(encoders, fusion, head, alignment)

@@ -70,8 +70,12 @@ class FusionTask(L.LightningModule):
     def training_step(self, batch: Batch, _: int) -> torch.Tensor:
         if self.config.train.modality_dropout:
             batch = drop_modalities(batch, self.config.train.modality_dropout)
-        output = self.model(batch)
-        loss = self.model.head.loss(output, batch.target)
+        feats = self.model.encode(batch)
+        loss = self.model.head.loss(self.model.head(self.model.fusion(feats)), batch.target)
+        if self.model.alignment is not None:
+            aligned = self.model.alignment(feats)
+            self.log("align_loss", aligned, batch_size=batch.size)
+            loss = loss + aligned
         self.log("train_loss", loss, prog_bar=True, batch_size=batch.size)
         return loss
 
