@@ -1,6 +1,8 @@
 """MultimodalModel = encoders (one per modality) + fusion + task head."""
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor, nn
 
@@ -11,6 +13,8 @@ from .features import Features
 from .fusion import Fusion, create_fusion
 from .heads import TaskHead, create_head
 from .heads.alignment import AuxiliaryAlignment
+
+log = logging.getLogger(__name__)
 
 
 class MultimodalModel(nn.Module):
@@ -65,6 +69,10 @@ def build_model(config: Config, num_labels: int, encoders: dict[str, Encoder] | 
                        hidden=config.head.hidden, dropout=config.head.dropout,
                        linear=getattr(fusion, "wants_linear_head", False))
     alignment = None
+    if config.train.alignment and not any(e.trainable for e in encoders.values()):
+        # Its gradient reaches the encoders, never the fusion or head: with both frozen it would
+        # only train its own projections.
+        log.warning("train.alignment changes nothing with every encoder frozen: it shapes trainable encoders")
     if config.train.alignment:
         alignment = AuxiliaryAlignment(image_dim=encoders["image"].out_dim, text_dim=encoders["text"].out_dim,
                                        weights=config.train.alignment, dim=config.train.alignment_dim)
