@@ -12,7 +12,7 @@ import hashlib
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 import torch
 from safetensors import safe_open
@@ -81,45 +81,67 @@ class FeatureCache:
                            "seconds": time.perf_counter() - start}
         return feats
 
-    @torch.no_grad()
-    def _compute(self, encoder: Encoder, chunk: list[tuple[str, Any]], load, batch_size, device) -> dict[str, Tensor]:
-        was_training = encoder.training
-        encoder.eval().to(device)
-        out: dict[str, Tensor] = {}
-        for first in range(0, len(chunk), batch_size):
-            part = chunk[first : first + batch_size]
-            prepared = encoder.prepare(load([value for _, value in part]))
-            feats = encoder({k: v.to(device) for k, v in prepared.items()})
-            for row, (key, _) in enumerate(part):
-                out[f"{key}/pooled"] = feats.pooled[row].float().cpu().contiguous()
-                if feats.tokens is not None:
-                    real = feats.mask[row].cpu()
-                    out[f"{key}/tokens"] = feats.tokens[row].float().cpu()[real].contiguous()
-        encoder.train(was_training)
-        return out
+    @staticmethod
+    def _compute(encoder: Encoder, chunk: list[tuple[str, Any]], load, batch_size, device) -> dict[str, Tensor]:
+        """One shard: `<key>/pooled` and, for token encoders, `<key>/tokens` (real tokens only)."""
+        shard: dict[str, Tensor] = {}
+        for key, (pooled, tokens) in encode_inputs(encoder, chunk, load, batch_size, device).items():
+            shard[f"{key}/pooled"] = pooled
+            if tokens is not None:
+                shard[f"{key}/tokens"] = tokens
+        return shard
 
     @staticmethod
     def _read(keys: list[str], where: dict[str, Path]) -> Features:
         by_shard: dict[Path, list[str]] = {}
         for key in dict.fromkeys(keys):
             by_shard.setdefault(where[key], []).append(key)
-        pooled: dict[str, Tensor] = {}
-        tokens: dict[str, Tensor] = {}
+        entries: dict[str, Entry] = {}
         for shard, wanted in by_shard.items():
             with safe_open(str(shard), framework="pt") as handle:
                 names = set(handle.keys())
                 for key in wanted:
-                    pooled[key] = handle.get_tensor(f"{key}/pooled")
-                    if f"{key}/tokens" in names:
-                        tokens[key] = handle.get_tensor(f"{key}/tokens")
-        stacked = torch.stack([pooled[k] for k in keys]) if keys else torch.zeros(0, 1)
-        if not tokens:
-            return Features(pooled=stacked)
-        width = max(tokens[k].shape[0] for k in keys)
-        padded = torch.zeros(len(keys), width, stacked.shape[1])
-        mask = torch.zeros(len(keys), width, dtype=torch.bool)
-        for row, key in enumerate(keys):
-            length = tokens[key].shape[0]
-            padded[row, :length] = tokens[key]
-            mask[row, :length] = True
-        return Features(pooled=stacked, tokens=padded, mask=mask)
+                    tokens = handle.get_tensor(f"{key}/tokens") if f"{key}/tokens" in names else None
+                    entries[key] = (handle.get_tensor(f"{key}/pooled"), tokens)
+        return stack_inputs(keys, entries)
+
+
+# One input's features as stored: its pooled vector, and its real tokens (None: no tokens).
+Entry = tuple[Tensor, Tensor | None]
+
+
+@torch.no_grad()
+def encode_inputs(encoder: Encoder, items: list[tuple[Hashable, Any]], load: Callable[[list[Any]], list[Any]],
+                  batch_size: int, device: str | torch.device) -> dict[Hashable, Entry]:
+    """key -> (pooled, real tokens) for each (key, raw value), the encoder run in eval mode."""
+    was_training = encoder.training
+    encoder.eval().to(device)
+    out: dict[Hashable, Entry] = {}
+    for first in range(0, len(items), batch_size):
+        part = items[first : first + batch_size]
+        prepared = encoder.prepare(load([value for _, value in part]))
+        feats = encoder({k: v.to(device) for k, v in prepared.items()})
+        for row, (key, _) in enumerate(part):
+            tokens = None
+            if feats.tokens is not None:
+                tokens = feats.tokens[row].float().cpu()[feats.mask[row].cpu()].contiguous()
+            out[key] = (feats.pooled[row].float().cpu().contiguous(), tokens)
+    encoder.train(was_training)
+    return out
+
+
+def stack_inputs(keys: list[Hashable], entries: dict[Hashable, Entry]) -> Features:
+    """Per-input entries -> one Features over `keys` (repeats allowed), tokens padded with a mask."""
+    if not keys:
+        return Features(pooled=torch.zeros(0, 1))
+    pooled = torch.stack([entries[k][0] for k in keys])
+    if entries[keys[0]][1] is None:
+        return Features(pooled=pooled)
+    width = max(entries[k][1].shape[0] for k in keys)
+    tokens = torch.zeros(len(keys), width, pooled.shape[1])
+    mask = torch.zeros(len(keys), width, dtype=torch.bool)
+    for row, key in enumerate(keys):
+        length = entries[key][1].shape[0]
+        tokens[row, :length] = entries[key][1]
+        mask[row, :length] = True
+    return Features(pooled=pooled, tokens=tokens, mask=mask)

@@ -17,10 +17,9 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 import torch
-from torch import Tensor
 
 from ..encoders.base import Encoder
-from ..encoders.cache import content_hash
+from ..encoders.cache import Entry, content_hash, encode_inputs, stack_inputs
 from ..features import Features
 
 DEFAULT_MAX_BYTES = 64 * 2**20
@@ -30,7 +29,7 @@ class FeatureLRU:
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._items: OrderedDict[tuple[str, str], tuple[Tensor, Tensor | None]] = OrderedDict()
+        self._items: OrderedDict[tuple[str, str], Entry] = OrderedDict()
         self.last_stats: dict[str, float] = {}
 
     def __len__(self) -> int:
@@ -46,31 +45,14 @@ class FeatureLRU:
         found = {k: self._items[k] for k in keys if k in self._items}
         for k in found:
             self._items.move_to_end(k)
-        for first in range(0, len(missing), batch_size):
-            found |= self._compute(encoder, missing[first : first + batch_size], load, device)
+        found |= encode_inputs(encoder, missing, load, batch_size, device)
         for key, entry in found.items():
             self._remember(key, entry)
         self.last_stats = {"computed": len(missing), "reused": len(set(keys)) - len(missing),
                            "seconds": time.perf_counter() - start}
-        return stack(keys, found)
+        return stack_inputs(keys, found)
 
-    @torch.no_grad()
-    def _compute(self, encoder: Encoder, part: list[tuple[tuple[str, str], Any]], load, device):
-        was_training = encoder.training
-        encoder.eval().to(device)
-        prepared = encoder.prepare(load([value for _, value in part]))
-        feats = encoder({k: v.to(device) for k, v in prepared.items()})
-        encoder.train(was_training)
-        out = {}
-        for row, (key, _) in enumerate(part):
-            pooled = feats.pooled[row].float().cpu().contiguous()
-            tokens = None
-            if feats.tokens is not None:
-                tokens = feats.tokens[row].float().cpu()[feats.mask[row].cpu()].contiguous()
-            out[key] = (pooled, tokens)
-        return out
-
-    def _remember(self, key: tuple[str, str], entry: tuple[Tensor, Tensor | None]) -> None:
+    def _remember(self, key: tuple[str, str], entry: Entry) -> None:
         if key in self._items:
             return
         self._items[key] = entry
@@ -80,23 +62,5 @@ class FeatureLRU:
             self.bytes -= _size(dropped)
 
 
-def _size(entry: tuple[Tensor, Tensor | None]) -> int:
+def _size(entry: Entry) -> int:
     return sum(t.numel() * t.element_size() for t in entry if t is not None)
-
-
-def stack(keys: list, entries: dict) -> Features:
-    """Per-input (pooled, tokens) -> one Features over `keys`, tokens padded with a mask
-    (the same layout FeatureCache returns)."""
-    if not keys:
-        return Features(pooled=torch.zeros(0, 1))
-    pooled = torch.stack([entries[k][0] for k in keys])
-    if entries[keys[0]][1] is None:
-        return Features(pooled=pooled)
-    width = max(entries[k][1].shape[0] for k in keys)
-    tokens = torch.zeros(len(keys), width, pooled.shape[1])
-    mask = torch.zeros(len(keys), width, dtype=torch.bool)
-    for row, key in enumerate(keys):
-        length = entries[key][1].shape[0]
-        tokens[row, :length] = entries[key][1]
-        mask[row, :length] = True
-    return Features(pooled=pooled, tokens=tokens, mask=mask)
