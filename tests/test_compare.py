@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config, write_shapes_csv
 from mmfuse.cli import app
-from mmfuse.compare import plan_parts, run_comparison, sign_flip_p
+from mmfuse.compare import paired_p, plan_parts, run_comparison
 from mmfuse.config import parse_config
 from mmfuse.errors import ConfigError
 
@@ -117,9 +117,13 @@ def test_folds_group_images_and_keep_the_test_split(tmp_path, table):
         plan_parts(Predictor(no_test).splits(), None, no_test)
 
 
-def test_sign_flip_fallback():
-    assert sign_flip_p(np.zeros(4)) == 1.0
-    assert sign_flip_p(np.array([0.1, 0.2, 0.1, 0.3, 0.2])) == pytest.approx(2 / 32)  # the two all-same-sign flips
+def test_paired_p_over_shared_cells():
+    index = pd.MultiIndex.from_tuples([(0, -1), (1, -1), (2, -1)], names=["seed", "fold"])
+    a = pd.Series([0.90, 0.92, 0.91], index=index)
+    assert paired_p(a, a) == 1.0  # identical runs: no evidence of a difference
+    assert paired_p(a, a.iloc[:1]) is None  # one shared cell: no test
+    b = pd.Series([0.80, 0.83, 0.80], index=index)
+    assert paired_p(a, b) == pytest.approx(0.003317, abs=1e-5)  # t = 17.32 on 2 degrees of freedom
 
 
 def test_cli_compare(tmp_path, table):

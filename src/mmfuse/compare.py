@@ -11,7 +11,6 @@ test against the best) and two plots.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import logging
@@ -28,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import yaml
+from scipy.stats import ttest_rel
 
 from .config import Config, dump_config, load_config, parse_config
 from .errors import ConfigError, MmfuseError
@@ -411,24 +411,6 @@ def run_comparison(config: Config, fusions: list[str], seeds: int, folds: int | 
 
 # ----- results ----------------------------------------------------------------------------------
 
-def sign_flip_p(diff: np.ndarray, rounds: int = 10_000) -> float:
-    """Two-sided paired permutation test: flip the sign of each difference (exact up to 16 pairs)."""
-    diff = np.asarray(diff, dtype=float)
-    if len(diff) <= 16:
-        signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(diff))))
-    else:
-        signs = np.random.default_rng(0).choice((1.0, -1.0), size=(rounds, len(diff)))
-    return float(np.mean(np.abs(signs @ diff) >= abs(diff.sum()) - 1e-12))
-
-
-def _scipy_ttest_rel():
-    try:
-        from scipy.stats import ttest_rel
-    except ImportError:  # scipy is not a dependency of mmfuse
-        return None
-    return ttest_rel
-
-
 def paired_p(a: pd.Series, b: pd.Series) -> float | None:
     """p-value for a != b over the (seed, fold) pairs both have; None with fewer than two pairs."""
     pairs = pd.concat([a, b], axis=1, join="inner").dropna()
@@ -437,9 +419,6 @@ def paired_p(a: pd.Series, b: pd.Series) -> float | None:
     x, y = pairs.iloc[:, 0].to_numpy(float), pairs.iloc[:, 1].to_numpy(float)
     if np.all(x == y):
         return 1.0  # identical results: no evidence of a difference (the t statistic is 0/0)
-    ttest_rel = _scipy_ttest_rel()
-    if ttest_rel is None:
-        return sign_flip_p(x - y)
     p = float(ttest_rel(x, y).pvalue)
     return None if math.isnan(p) else p
 
@@ -501,7 +480,7 @@ def write_results(cells: pd.DataFrame, config: Config, out_dir: Path, *, echo: E
     cells.to_csv(out_dir / "comparison.csv", index=False)
     summary = summarize(cells, higher)
     table = markdown_table(summary, metric)
-    test = "paired t-test (scipy.stats.ttest_rel)" if _scipy_ttest_rel() else "paired sign-flip permutation test"
+    test = "paired t-test (scipy.stats.ttest_rel)"
     rows = sorted(set(cells["eval_rows"]))  # folds differ in size
     span = str(rows[0]) if len(rows) == 1 else f"{rows[0]}–{rows[-1]}"
     text = [
@@ -594,16 +573,3 @@ def plot_robustness(cells: pd.DataFrame, out_dir: Path, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Child entry point: `python -m mmfuse.compare --cell DIR`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cell", type=Path, required=True)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    run_cell(args.cell)
-
-
-if __name__ == "__main__":
-    main()
