@@ -7,7 +7,7 @@ writes `cells/<fusion>-s<seed>[-f<fold>]/cell.json`. A cell whose cell.json exis
 interrupted comparison picks up where it stopped. The table is read and split once, by the parent;
 frozen encoders fill the shared feature cache once, before the first cell. The results are
 `comparison.csv` (one row per cell), `comparison.md` (one row per fusion, ranked, with a paired
-test against the best) and two plots.
+test against the best) and three plots (metric, cost, robustness curves).
 """
 from __future__ import annotations
 
@@ -96,9 +96,9 @@ def cell_config(config: Config, fusion: str, seed: int, output_dir: Path) -> Con
 
 def grouped_folds(frame: pd.DataFrame, k: int, seed: int, grouped: bool) -> np.ndarray:
     """A fold id per row; all rows of one image share a fold (the split layer's grouping rule)."""
-    from .data.manifest import _group_keys
+    from .data.manifest import group_keys
 
-    keys = _group_keys(frame, grouped)
+    keys = group_keys(frame, grouped)
     groups = sorted(set(keys))
     if len(groups) < k:
         raise ConfigError(f"--folds {k}: the train + val rows hold only {len(groups)} images (groups)")
@@ -124,7 +124,7 @@ def plan_parts(splits: dict[str, pd.DataFrame], folds: int | None, config: Confi
             raise ConfigError("no test rows to compare on: set data.test_fraction or data.test_source, "
                               "or use --folds K")
         return {None: {"train": splits["train"], "val": splits["val"], "eval": test, "eval_split": "test split"}}
-    from .data.manifest import _carve
+    from .data.manifest import carve
 
     data = config.data
     pool = pd.concat([splits["train"], splits["val"]], ignore_index=True)
@@ -135,7 +135,7 @@ def plan_parts(splits: dict[str, pd.DataFrame], folds: int | None, config: Confi
         if has_test:
             parts[fold] = {"train": rest, "val": held, "eval": test, "eval_split": "test split"}
             continue
-        side = np.array(_carve(rest, [("val", data.val_fraction)], data.split_seed, data.group_split_by_image))
+        side = np.array(carve(rest, [("val", data.val_fraction)], data.split_seed, data.group_split_by_image))
         parts[fold] = {"train": rest[side == "train"], "val": rest[side == "val"], "eval": held,
                        "eval_split": "held-out fold"}
     return parts

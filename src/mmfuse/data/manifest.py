@@ -24,7 +24,8 @@ from ..errors import ConfigError, DataError
 from .datasets import builtin_columns, builtin_names, load_builtin
 from .media import MediaError, check_image, clean_text
 
-__all__ = ["BadRow", "DecodedImage", "Manifest", "read_table", "load_manifest", "split_manifest", "SPLIT_NAMES"]
+__all__ = ["BadRow", "DecodedImage", "Manifest", "carve", "group_keys", "load_manifest", "read_table", "split_manifest",
+           "SPLIT_NAMES"]
 
 TASKS = ("classification", "multilabel", "regression")
 MODALITIES = ("image", "text")
@@ -379,21 +380,21 @@ def _normalise_split(values: pd.Series) -> pd.Series:
     return values.map(one).astype("object")
 
 
-def _group_keys(frame: pd.DataFrame, grouped: bool) -> list[str]:
+def group_keys(frame: pd.DataFrame, grouped: bool) -> list[str]:
     # Rows without an image (or when grouping is off) are their own group. The "\0" prefix
     # keeps these keys from colliding with a real path.
     images = frame["image"].tolist() if "image" in frame else [None] * len(frame)
     return [img if grouped and isinstance(img, str) else f"\0{i}" for i, img in enumerate(images)]
 
 
-def _carve(frame: pd.DataFrame, buckets: list[tuple[str, float]], seed: int, grouped: bool) -> list[str]:
+def carve(frame: pd.DataFrame, buckets: list[tuple[str, float]], seed: int, grouped: bool) -> list[str]:
     """Assign each row of `frame` to one of `buckets` (name, fraction of these rows) or "train".
 
     Groups are shuffled with a seeded generator after sorting their keys, so the result depends
     only on the rows' content and the seed, not on row order. Each bucket with a positive
     fraction gets at least one group, as long as one group is left for training.
     """
-    keys = _group_keys(frame, grouped)
+    keys = group_keys(frame, grouped)
     sizes = Counter(keys)
     groups = sorted(sizes)
     order = np.random.default_rng(seed).permutation(len(groups))
@@ -439,5 +440,5 @@ def split_manifest(manifest: Manifest, data: DataConfig) -> dict[str, pd.DataFra
     assignment = split.copy()
     assignment[pool] = "train"
     if missing and pool.any():
-        assignment[pool] = _carve(frame[pool].reset_index(drop=True), missing, data.split_seed, grouped)
+        assignment[pool] = carve(frame[pool].reset_index(drop=True), missing, data.split_seed, grouped)
     return {name: frame[assignment == name].reset_index(drop=True) for name in ("train", "val", "test")}
