@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["MediaError", "open_image", "check_image", "clean_text"]
+__all__ = ["MediaError", "allowed_formats", "check_image", "clean_text", "open_image", "sniff"]
 
 SNIFF_BYTES = 1024
 
@@ -38,7 +38,7 @@ class MediaError(Exception):
 
 # ----- images ---------------------------------------------------------------------------------
 
-def _sniff(head: bytes) -> str | None:
+def sniff(head: bytes) -> str | None:
     """A reason when the first bytes are clearly not an image (checked before PIL sees them).
 
     HTML first: a saved login/error page is by far the most common "image" that is not one,
@@ -74,7 +74,7 @@ def _looks_like_text(head: bytes) -> bool:
     return True
 
 
-def _allowed_formats() -> list[str]:
+def allowed_formats() -> list[str]:
     # Computed per call: plugins such as pillow-heif register themselves at import time.
     Image.init()
     return [name for name in Image.OPEN if name not in _REFUSED_FORMATS]
@@ -158,7 +158,7 @@ def open_image(path: str | os.PathLike[str], *, max_pixels: int) -> Image.Image:
         raise MediaError(f"not a file (a directory): {path}") from None
     except OSError as error:
         raise MediaError(f"cannot read file: {error.strerror or error}") from None
-    reason = _sniff(head)
+    reason = sniff(head)
     if reason is not None:
         raise MediaError(reason)
 
@@ -167,7 +167,7 @@ def open_image(path: str | os.PathLike[str], *, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             # Our max_pixels check is authoritative; PIL's warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path, formats=_allowed_formats()) as im:
+            with Image.open(path, formats=allowed_formats()) as im:
                 width, height = im.size
                 if width * height > max_pixels:
                     raise MediaError(

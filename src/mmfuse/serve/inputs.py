@@ -66,7 +66,7 @@ def check_text(value: str | None, field: str, *, max_chars: int) -> str | None:
 
 def _header_format(data: bytes, field: str, max_pixels: int) -> str:
     """The image format, after checking the declared size — nothing is decoded yet."""
-    reason = media._sniff(data[: media.SNIFF_BYTES])
+    reason = media.sniff(data[: media.SNIFF_BYTES])
     if reason is not None:
         raise invalid(field, reason)
     try:
@@ -89,7 +89,7 @@ def _header_format(data: bytes, field: str, max_pixels: int) -> str:
 def _unsupported(data: bytes) -> str:
     allowed = ", ".join(ALLOWED_FORMATS)
     try:
-        with Image.open(io.BytesIO(data), formats=media._allowed_formats()) as im:
+        with Image.open(io.BytesIO(data), formats=media.allowed_formats()) as im:
             return f"image format {im.format} is not accepted (send {allowed})"
     except Exception:  # noqa: BLE001 - not an image PIL knows at all
         return f"not an image (unrecognised format; send {allowed})"
