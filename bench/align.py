@@ -47,7 +47,7 @@ def features_for(config, encoders):
     """Splits and cached features of train and test (built once per split, reused by every run)."""
     splits = load_splits(config, config.align)
     cache = FeatureCache(config.cache_dir)
-    return splits, encoders, {name: pair_features(splits[name], encoders, cache, config.data.max_pixels)
+    return splits, encoders, {name: pair_features(splits[name], encoders, cache, config.data)
                               for name in ("train", "test")}
 
 

@@ -69,6 +69,7 @@ def test_noisy_features_are_cached_in_their_own_variant(tmp_path):
     """A deterministic perturbation's features are cached apart from the clean ones and reused."""
     import pandas as pd
 
+    from mmfuse.config import DataConfig
     from mmfuse.dataset import build_dataset
     from mmfuse.robustness import perturbation
 
@@ -78,7 +79,7 @@ def test_noisy_features_are_cached_in_their_own_variant(tmp_path):
     cache = FeatureCache(tmp_path / "cache")
 
     def dataset(perturb, use_cache=True):
-        return build_dataset(frame, {"image": encoder}, task="classification", labels=[], max_pixels=10**6,
+        return build_dataset(frame, {"image": encoder}, task="classification", labels=[], data=DataConfig(),
                              cache=cache if use_cache else None, group_by_image=False, perturb=perturb)
 
     clean = dataset(None).columns["image"].features.pooled

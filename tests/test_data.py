@@ -21,6 +21,7 @@ from mmfuse.data import (
     load_manifest, read_table, split_manifest,
 )
 from mmfuse.data import manifest as manifest_module
+from mmfuse.modalities import MODALITIES
 from mmfuse.data.media import open_image
 from mmfuse.errors import ConfigError, DataError
 
@@ -252,8 +253,7 @@ def test_missing_column_names_it_and_lists_existing(media, tmp_path):
 
 def test_each_unique_image_is_checked_once(media, monkeypatch):
     calls = []
-    monkeypatch.setattr(manifest_module, "check_image",
-                        lambda path, max_pixels: calls.append(path))
+    monkeypatch.setattr(MODALITIES["image"], "check", lambda path, data: calls.append(path))
     rows = pd.DataFrame({"image": [str(media["good"])] * 10 + [str(media["good2"])],
                          "text": [f"q{i}" for i in range(11)], "label": ["a"] * 11})
     manifest = load_manifest(rows, DataConfig(), task="classification", modalities=["image", "text"])
@@ -261,7 +261,7 @@ def test_each_unique_image_is_checked_once(media, monkeypatch):
 
 
 def test_multilabel_and_regression_labels(monkeypatch):
-    monkeypatch.setattr(manifest_module, "check_image", lambda path, max_pixels: None)
+    monkeypatch.setattr(MODALITIES["image"], "check", lambda path, data: None)
     texts = ["a", "b", "c", "d", "e"]
     multi = pd.DataFrame({"text": texts, "label": ["cat|dog", " dog | | cat|dog ", "bird", "|", None]})
     manifest = load_manifest(multi, DataConfig(), task="multilabel", modalities=["text"], labels=["cat", "dog"])
@@ -371,7 +371,7 @@ def test_split_column_is_honoured_and_val_carved_from_train():
 # ----- built-in data sets ---------------------------------------------------------------------
 
 def test_easy_vqa_builtin():
-    assert builtin_names() == ["easy_vqa", "shape_scenes"]
+    assert builtin_names() == ["easy_vqa", "shape_scenes", "easy_vqa_spoken"]
     table = load_builtin("easy_vqa")
     assert list(table.columns) == ["image", "question", "answer", "split"]
     counts = table["split"].value_counts()

@@ -184,13 +184,9 @@ def test_modality_missing_from_input_counts_as_absent(name):
 
 
 @pytest.mark.parametrize("name", FUSIONS)
-def test_third_modality_works_or_is_refused_clearly(name):
-    in_dims = {**IN_DIMS, "audio": 7}
-    try:
-        fusion = build(name, in_dims=in_dims)
-    except ConfigError as error:  # two-role strategies (film, cross_attention) name the problem
-        assert "audio" in str(error)
-        return
+def test_third_modality_works(name):
+    """Every strategy fuses three modalities (two-role ones take the others as contexts)."""
+    fusion = build(name, in_dims={**IN_DIMS, "audio": 7})
     feats = make_feats(audio=True)
     feats["audio"].pooled.requires_grad_(True)
     out = fusion(feats)
@@ -316,7 +312,7 @@ def test_film_without_text_is_the_plain_image_path():
     feats = make_feats()
     with torch.no_grad():
         no_text = fusion(absent(feats, "text", list(range(B))))
-        last = fusion.film[-1]
+        last = fusion.film["text"][-1]
         last.weight.zero_()
         last.bias.zero_()
         plain = fusion(feats)
@@ -332,12 +328,36 @@ def test_film_golden_value():
     assert out.sum().item() == pytest.approx(GOLDEN_FILM_SUM, abs=1e-3)
 
 
+def test_two_role_fusion_refuses_a_modality_without_a_role():
+    with pytest.raises(ConfigError, match="'audio' has none"):
+        build("film", in_dims={**IN_DIMS, "audio": 7}, context="text")
+
+
+def test_film_contexts_add_up_and_each_counts_alone():
+    """Text and audio both modulate the image: dropping either changes the output, and a row
+    with neither is the plain image path."""
+    fusion = build("film", in_dims={**IN_DIMS, "audio": 7}).eval()
+    feats = make_feats(audio=True)
+    with torch.no_grad():
+        both = fusion(feats)
+        no_audio = fusion(absent(feats, "audio", list(range(B))))
+        no_text = fusion(absent(feats, "text", list(range(B))))
+        neither = fusion(absent(absent(feats, "audio", list(range(B))), "text", list(range(B))))
+        for head in fusion.film.values():
+            head[-1].weight.zero_()
+            head[-1].bias.zero_()
+        plain = fusion(feats)
+    assert not torch.allclose(both, no_audio) and not torch.allclose(both, no_text)
+    torch.testing.assert_close(neither, plain)
+
+
 def test_unknown_fusion_names_the_available_ones():
     with pytest.raises(ConfigError, match="available: .*film"):
         create_fusion("nope", in_dims=IN_DIMS)
 
 
-@pytest.mark.parametrize("options", [{"poool": "sum"}, {"pool": "max"}, {"target": "text"}, {"heads": 5}])
+@pytest.mark.parametrize("options", [{"poool": "sum"}, {"pool": "max"}, {"target": "audio"},
+                                     {"target": "text", "context": "text"}, {"heads": 5}])
 def test_bad_options_raise_config_error(options):
     name = "transformer" if "heads" in options else "film"
     with pytest.raises(ConfigError):

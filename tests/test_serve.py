@@ -91,9 +91,13 @@ def test_upload_with_explain_gives_each_modality_contribution(server, predictor,
     label = predictor.labels.index(contribution["label"])
     _, alone = predictor.predict_scores([{"image": str(image)}, {"question": QUESTION}])
     assert contribution["label"] == prediction["prediction"]
-    assert contribution["both"] == pytest.approx(prediction["top"][0]["score"], abs=1e-6)
-    assert contribution["without_text"] == pytest.approx(float(alone[0, label]), abs=1e-5)
-    assert contribution["without_image"] == pytest.approx(float(alone[1, label]), abs=1e-5)
+    assert contribution["score"] == pytest.approx(prediction["top"][0]["score"], abs=1e-6)
+    assert set(contribution["without"]) == {"image", "text"}
+    assert contribution["without"]["text"] == pytest.approx(float(alone[0, label]), abs=1e-5)
+    assert contribution["without"]["image"] == pytest.approx(float(alone[1, label]), abs=1e-5)
+    # A row with one input has nothing to take away.
+    single = server.post("/predict", json={"rows": [{"text": QUESTION}], "explain": True}).json()
+    assert single["predictions"][0]["contribution"] is None
 
 
 def test_embed_is_the_heads_input(server, predictor, tiny_model):
@@ -112,6 +116,12 @@ def test_embed_is_the_heads_input(server, predictor, tiny_model):
 def test_info_metrics_docs_and_page(server, predictor):
     info = server.get("/info").json()
     assert info["labels"] == predictor.labels and info["modalities"] == ["image", "text"]
+    assert set(info["inputs"]) == {"image", "text"}  # only what the model takes
+    assert info["inputs"]["image"]["kind"] == "file" and "PNG" in info["inputs"]["image"]["formats"]
+    assert info["inputs"]["image"]["limits"] == {"max_pixels": 25_000_000}
+    assert info["inputs"]["text"] == {"kind": "text", "help": info["inputs"]["text"]["help"], "formats": [],
+                                      "limits": {"max_text_chars": 2_000}}
+    assert info["limits"]["max_audio_seconds"] == 30  # the server's caps, every modality
     assert info["search"] is False and info["auth"] is False
     assert server.get("/health/live").json()["status"] == "live"
     schema = server.get("/openapi.json").json()

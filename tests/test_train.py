@@ -55,7 +55,7 @@ def test_auxiliary_alignment_lowers_its_loss_and_marks_repeated_rows_positive():
     texts = images @ torch.randn(12, 10)  # each image's text is a fixed function of it
     rows = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 0, 1])  # rows 8, 9 repeat images 0, 1
     feats = {"image": Features(pooled=images[rows]), "text": Features(pooled=texts[rows])}
-    alignment = AuxiliaryAlignment(image_dim=12, text_dim=10, weights={"contrastive": 1.0}, dim=8)
+    alignment = AuxiliaryAlignment(dims={"image": 12, "text": 10}, weights={"contrastive": 1.0}, dim=8)
     positives = alignment.positives(images[rows], texts[rows])
     assert positives[0, 8] and positives[8, 0] and positives[1, 9] and not positives[0, 1]
     optimizer = torch.optim.Adam(alignment.parameters(), lr=0.05)

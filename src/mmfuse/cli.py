@@ -1,17 +1,18 @@
 """The `mmfuse` command line (typer). User errors print one line and exit 2, without a traceback."""
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from .errors import MmfuseError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Multimodal (image + text) fusion models: train, evaluate, predict, check data.")
+                  help="Multimodal fusion models (images, text, speech): train, evaluate, predict, check data.")
 data_app = typer.Typer(no_args_is_help=True, help="Look at a table before training on it.")
 app.add_typer(data_app, name="data")
 
@@ -103,28 +104,28 @@ def evaluate(
     typer.echo(f"report: {report_dir / 'report.md'}")
 
 
-@app.command()
 def predict(
     model: Path = typer.Argument(..., help="A model directory."),
-    image: Optional[Path] = typer.Option(None, help="One image (single-row prediction)."),
-    text: Optional[str] = typer.Option(None, help="One text / question (single-row prediction)."),
     data: Optional[Path] = typer.Option(None, help="A table to predict in batch."),
     out: Optional[Path] = typer.Option(None, help="Write batch predictions here (CSV)."),
     top_k: int = typer.Option(3, help="How many labels with scores to show."),
+    **inputs: Any,
 ) -> None:
-    """Predict one row (--image / --text) or a whole table (--data, --out)."""
+    """Predict one row (one option per modality the model takes) or a whole table (--data, --out)."""
     from .predictor import Predictor
 
     predictor = Predictor.load(model)
+    given = {m: v for m, v in inputs.items() if v is not None}
     if data is None:
-        if image is None and text is None:
-            raise MmfuseError("give --image and/or --text, or --data TABLE")
-        columns = predictor.config.data.columns
-        row = {}
-        if image is not None:
-            row[columns.image] = str(image.resolve())
-        if text is not None:
-            row[columns.text] = text
+        if not given:
+            raise MmfuseError("give " + " and/or ".join(f"--{m}" for m in predictor.model.modalities)
+                              + ", or --data TABLE")
+        unused = [m for m in given if m not in predictor.model.modalities]
+        if unused:
+            raise MmfuseError(f"this model takes no {' and no '.join(unused)} "
+                              f"(it takes {', '.join(predictor.model.modalities)})")
+        columns = predictor.config.data.resolved_columns()
+        row = {columns[m]: str(v.resolve()) if isinstance(v, Path) else v for m, v in given.items()}
         result = predictor.predict([row], top_k=top_k)
         if result.empty:
             raise MmfuseError("the input was rejected: " + "; ".join(str(b) for b in predictor.bad_rows))
@@ -144,6 +145,32 @@ def predict(
         typer.echo(f"{len(predictor.bad_rows)} bad rows skipped:", err=True)
         for bad in predictor.bad_rows:
             typer.echo(f"  {bad}", err=True)
+
+
+def _with_modality_options(command):
+    """One `--<modality>` option per registered modality (a path for file modalities), so a new
+    modality reaches `mmfuse predict` by being registered."""
+    from .modalities import MODALITIES
+
+    signature = inspect.signature(command)
+    fixed = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                               annotation=Optional[Path] if spec.is_file else Optional[str],
+                               default=typer.Option(None, help=spec.help + " (single-row prediction)"))
+             for name, spec in MODALITIES.items()]
+
+    def run(**kwargs):
+        fixed_names = {p.name for p in fixed}
+        return command(**{k: v for k, v in kwargs.items() if k in fixed_names},
+                       **{k: v for k, v in kwargs.items() if k not in fixed_names})
+
+    run.__signature__ = signature.replace(parameters=fixed + extra)
+    run.__doc__ = command.__doc__
+    run.__name__ = command.__name__
+    return run
+
+
+app.command("predict")(_with_modality_options(predict))
 
 
 @data_app.command("check")

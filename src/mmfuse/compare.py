@@ -216,7 +216,7 @@ def fill_cache(config: Config, frame: pd.DataFrame, perturb: dict[str, Any] | No
               if not e.trainable and type(e).fit is Encoder.fit and (perturb is None or m in perturb)}
     if frozen:
         build_dataset(frame.assign(label=None), frozen, task=config.task, labels=[],
-                      max_pixels=config.data.max_pixels, cache=FeatureCache(config.cache_dir),
+                      data=config.data, cache=FeatureCache(config.cache_dir),
                       group_by_image=False, device=Predictor(config).device, perturb=perturb)
 
 

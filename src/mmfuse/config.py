@@ -9,26 +9,32 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError, create_model
 
 from .errors import ConfigError
+from .section import Section
 
 
-class Section(BaseModel):
-    # extra="forbid": a misspelt field is an error, never silently ignored.
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+from .modalities import MODALITIES
 
 
-class ColumnsConfig(Section):
-    """Which table column feeds which modality. Set a modality to null to leave it out."""
+def _modality_fields(field) -> dict[str, Any]:
+    """Pydantic fields, one per registered modality (in registration order)."""
+    return {name: field(modality) for name, modality in MODALITIES.items()}
 
-    image: str | None = "image"
-    text: str | None = "text"
+
+class ColumnsBase(Section):
     label: str = "label"
     split: str | None = None  # a column holding train / val / test
 
 
-class DataConfig(Section):
+# Which table column feeds which modality, keyed by modality name. Set one to null to leave it out.
+ColumnsConfig = create_model(
+    "ColumnsConfig", __base__=ColumnsBase,
+    **_modality_fields(lambda m: (str | None, m.default_column)))
+
+
+class DataBase(Section):
     source: str = "easy_vqa"  # a built-in data set name, or a CSV / JSONL / Parquet path
     test_source: str | None = None  # an optional separate test table
     columns: ColumnsConfig = ColumnsConfig()
@@ -40,28 +46,32 @@ class DataConfig(Section):
     # Keep every row of one image on the same side of a split, so the model is judged on
     # images it never saw (easy-VQA has ~10 questions per image).
     group_split_by_image: bool = True
-    max_pixels: int = Field(50_000_000, gt=0)  # checked from the header, before decoding
-    max_text_chars: int = Field(2_000, gt=0)
     strict: bool = False  # fail on the first bad rows instead of skipping and counting them
 
+    def resolved_columns(self) -> dict[str, str | None]:
+        """Role -> column, a built-in data set's own names filling the roles left at the default."""
+        from .data.datasets import builtin_columns, builtin_names
 
-class ImageEncoderConfig(Section):
-    name: str = "small_cnn"  # small_cnn | efficientnet_lite0 | timm:<any timm name> | tiny_image
-    trainable: bool | None = None  # None: from-scratch encoders train, pretrained ones stay frozen
-    image_size: int = Field(64, gt=0)
-    options: dict[str, Any] = {}
-
-
-class TextEncoderConfig(Section):
-    name: str = "minilm"  # minilm | hf:<name or path> | bow | gru | tiny_text
-    trainable: bool | None = None
-    max_tokens: int = Field(64, gt=0)
-    options: dict[str, Any] = {}
+        columns = self.columns.model_dump()
+        if self.source in builtin_names():
+            explicit = self.columns.model_fields_set
+            for role, column in builtin_columns(self.source).items():
+                if role not in explicit:
+                    columns[role] = column
+        return columns
 
 
-class EncodersConfig(Section):
-    image: ImageEncoderConfig | None = ImageEncoderConfig()
-    text: TextEncoderConfig | None = TextEncoderConfig()
+# Each modality adds its caps (read before decoding), e.g. max_pixels, max_text_chars.
+DataConfig = create_model(
+    "DataConfig", __base__=DataBase,
+    **{field: (kind, Field(default, description=meaning))
+       for modality in MODALITIES.values() for field, (kind, default, meaning) in modality.limits.items()})
+
+
+# `encoders.<modality>`: each modality's own section (name, trainable, options and its fields).
+EncodersConfig = create_model(
+    "EncodersConfig", __base__=Section,
+    **_modality_fields(lambda m: (m.encoder_config | None, m.encoder_config())))
 
 
 class FusionConfig(Section):
@@ -154,8 +164,9 @@ class Config(Section):
     cache_dir: str = ".mmfuse_cache"
 
     def modalities(self) -> list[str]:
-        return [m for m in ("image", "text") if getattr(self.encoders, m) is not None
-                and getattr(self.data.columns, m) is not None]
+        """The modalities this model uses: a column bound (or a built-in's) and an encoder set."""
+        columns = self.data.resolved_columns()
+        return [m for m in MODALITIES if getattr(self.encoders, m) is not None and columns.get(m) is not None]
 
 
 def _describe(error: ValidationError) -> str:
@@ -194,8 +205,8 @@ def check_names(config: Config) -> None:
 
         for name in config.train.alignment:
             OBJECTIVES.get(name)
-        if sorted(config.modalities()) != ["image", "text"]:
-            raise ConfigError("train.alignment: aligning needs both an image and a text modality")
+        if len(config.modalities()) < 2:
+            raise ConfigError("train.alignment: aligning needs two modalities (it aligns the first two)")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -14,8 +14,7 @@ import torch
 from torch import Tensor
 
 from .data.batching import ModalityColumn, TableDataset, unique_index
-from .data.manifest import DecodedImage
-from .data.media import open_image
+from .modalities import MODALITIES, group_modality
 from .encoders import Encoder
 from .encoders.cache import FeatureCache
 
@@ -23,15 +22,10 @@ log = logging.getLogger(__name__)
 PREPARE_CHUNK = 512
 
 
-def image_loader(max_pixels: int):
-    def load(paths: list[str]) -> list[Any]:
-        return [p.image if isinstance(p, DecodedImage) else open_image(p, max_pixels=max_pixels) for p in paths]
-
-    return load
-
-
-def text_loader(texts: list[str]) -> list[str]:
-    return texts
+def loader(modality: str, data: Any) -> Callable[[list[Any]], list[Any]]:
+    """Raw values (paths, texts) -> what the modality's encoder prepares (decoded inputs)."""
+    spec = MODALITIES[modality]
+    return lambda values: spec.load(values, data)
 
 
 def noisy(load, change: Callable[[Any, str], Any]):
@@ -78,7 +72,7 @@ def cache_variant(perturb: dict[str, Callable], modality: str) -> str | None | b
 
 
 def build_dataset(frame: pd.DataFrame, encoders: dict[str, Encoder], *, task: str, labels: list[str],
-                  max_pixels: int, cache: FeatureCache | None, group_by_image: bool,
+                  data: Any, cache: FeatureCache | None, group_by_image: bool,
                   device: str | torch.device = "cpu",
                   perturb: dict[str, Callable[[Any, str], Any]] | None = None) -> TableDataset:
     """`perturb[modality](value, key)` alters decoded inputs (robustness curves). A perturbation
@@ -90,7 +84,7 @@ def build_dataset(frame: pd.DataFrame, encoders: dict[str, Encoder], *, task: st
         raw = frame[modality].tolist() if modality in frame else [None] * len(frame)
         raw = [None if (v is None or (isinstance(v, float) and np.isnan(v))) else v for v in raw]
         index, values = unique_index(raw)
-        load = image_loader(max_pixels) if modality == "image" else text_loader
+        load = loader(modality, data)
         if modality in perturb:
             load = noisy(load, perturb[modality])
         column = ModalityColumn(index=index, values=values)
@@ -105,8 +99,9 @@ def build_dataset(frame: pd.DataFrame, encoders: dict[str, Encoder], *, task: st
         else:
             column.prepared = prepare_all(encoder, values, load)
         columns[modality] = column
-    if group_by_image and "image" in columns:
-        image_index = columns["image"].index.numpy()
+    by = group_modality(frame) if group_by_image else None
+    if by in columns:
+        image_index = columns[by].index.numpy()
         # Rows without an image form their own groups, after the images.
         groups = np.where(image_index >= 0, image_index, image_index.max(initial=0) + 1 + np.arange(len(frame)))
     else:

@@ -13,6 +13,7 @@ from .features import Features
 from .fusion import Fusion, create_fusion
 from .heads import TaskHead, create_head
 from .heads.alignment import AuxiliaryAlignment
+from .modalities import MODALITIES
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,8 @@ def build_encoders(config: Config) -> dict[str, Encoder]:
     encoders = {}
     for modality in config.modalities():
         spec = getattr(config.encoders, modality)
-        size = {"image_size": spec.image_size} if modality == "image" else {"max_tokens": spec.max_tokens}
-        encoders[modality] = create_encoder(modality, spec.name, trainable=spec.trainable, **size, **spec.options)
+        own = MODALITIES[modality].encoder_options(spec)  # e.g. image_size, max_tokens
+        encoders[modality] = create_encoder(modality, spec.name, trainable=spec.trainable, **own, **spec.options)
     return encoders
 
 
@@ -74,6 +75,6 @@ def build_model(config: Config, num_labels: int, encoders: dict[str, Encoder] | 
         # only train its own projections.
         log.warning("train.alignment changes nothing with every encoder frozen: it shapes trainable encoders")
     if config.train.alignment:
-        alignment = AuxiliaryAlignment(image_dim=encoders["image"].out_dim, text_dim=encoders["text"].out_dim,
+        alignment = AuxiliaryAlignment(dims={m: e.out_dim for m, e in encoders.items()},
                                        weights=config.train.alignment, dim=config.train.alignment_dim)
     return MultimodalModel(encoders, fusion, head, alignment)

@@ -85,7 +85,7 @@ class Predictor:
     def _dataset(self, frame: pd.DataFrame, *, cache: bool = True, perturb=None):
         assert self.model is not None
         return build_dataset(frame, dict(self.model.encoders), task=self.config.task, labels=self.labels,
-                             max_pixels=self.config.data.max_pixels,
+                             data=self.config.data,
                              cache=FeatureCache(self.config.cache_dir) if cache else self.small_request_cache,
                              group_by_image=self.config.train.group_by_image, device=self.device,
                              perturb=perturb)

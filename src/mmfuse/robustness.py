@@ -1,7 +1,7 @@
 """Robustness to noisy inputs: the metric under graded noise on one modality at a time.
 
-Image noise (on the decoded picture): Gaussian pixel noise, blur, occlusion by a grey square.
-Text noise: dropping words, swapping adjacent characters (typos). Level is in [0, 1]; level 0 is
+Each modality spec declares its noises (see `mmfuse.modalities`): on images Gaussian pixel noise,
+blur and occlusion; on texts dropped words and typos; on audio white noise and a silenced stretch. Level is in [0, 1]; level 0 is
 the clean input. Relative robustness (MultiBench's notion) is the area under the metric-vs-level
 curve divided by the clean metric's area: 1.0 means no loss under noise. Each noisy copy is
 deterministic for (seed, input), so curves are repeatable.
@@ -13,7 +13,8 @@ import random
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageFilter
+
+from .modalities import MODALITIES
 
 LEVELS = (0.0, 0.1, 0.25, 0.5, 0.75)
 
@@ -22,48 +23,8 @@ def _rng(seed: int, key: str) -> random.Random:
     return random.Random(int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:12], 16))
 
 
-def gaussian(image: Image.Image, level: float, rng: random.Random) -> Image.Image:
-    pixels = np.asarray(image, dtype=np.float32)
-    noise = np.random.default_rng(rng.getrandbits(32)).normal(0.0, 255 * level, pixels.shape)
-    return Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8))
-
-
-def blur(image: Image.Image, level: float, rng: random.Random) -> Image.Image:
-    return image.filter(ImageFilter.GaussianBlur(radius=level * max(image.size) / 8))
-
-
-def occlusion(image: Image.Image, level: float, rng: random.Random) -> Image.Image:
-    """A grey square covering `level` of the area, at a random place."""
-    width, height = image.size
-    side_w, side_h = int(width * level ** 0.5), int(height * level ** 0.5)
-    x, y = rng.randint(0, width - side_w), rng.randint(0, height - side_h)
-    out = image.copy()
-    out.paste((128, 128, 128), (x, y, x + side_w, y + side_h))
-    return out
-
-
-def token_drop(text: str, level: float, rng: random.Random) -> str:
-    words = text.split()
-    kept = [w for w in words if rng.random() >= level]
-    return " ".join(kept) or (words[0] if words else text)  # never empty: that would be "no text"
-
-
-def typo(text: str, level: float, rng: random.Random) -> str:
-    """Swap each adjacent letter pair with probability `level`."""
-    chars = list(text)
-    i = 0
-    while i < len(chars) - 1:
-        if chars[i].isalpha() and chars[i + 1].isalpha() and rng.random() < level:
-            chars[i], chars[i + 1] = chars[i + 1], chars[i]
-            i += 1
-        i += 1
-    return "".join(chars)
-
-
-NOISES: dict[str, dict[str, Callable]] = {
-    "image": {"gaussian": gaussian, "blur": blur, "occlusion": occlusion},
-    "text": {"token_drop": token_drop, "typo": typo},
-}
+# modality -> {noise name: function(decoded value, level, rng)}, each declared by its modality spec.
+NOISES: dict[str, dict[str, Callable]] = {name: dict(spec.noises) for name, spec in MODALITIES.items()}
 
 
 def perturbation(modality: str, noise: str, level: float, seed: int = 0) -> Callable:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..config import AlignConfig, Config, DataConfig
 from ..data.manifest import split_manifest
-from ..dataset import image_loader, text_loader
+from ..dataset import loader
 from ..encoders import Encoder
 from ..encoders.cache import FeatureCache
 from ..errors import ConfigError, DataError
@@ -55,9 +55,10 @@ class AlignmentRun:
 
 
 def pair_features(frame: pd.DataFrame, encoders: dict[str, Encoder], cache: FeatureCache,
-                  max_pixels: int) -> PairFeatures:
+                  data) -> PairFeatures:
     indices, tensors = {}, {}
-    for modality, load in (("image", image_loader(max_pixels)), ("text", text_loader)):
+    for modality in ("image", "text"):
+        load = loader(modality, data)
         values = frame[modality].tolist()
         unique = list(dict.fromkeys(values))
         position = {v: i for i, v in enumerate(unique)}
@@ -217,11 +218,11 @@ def train_alignment(config: Config, *, echo: Callable[[str], None] = log.info) -
     encoders["text"].fit(splits["train"]["text"].tolist())  # a vocabulary, for from-scratch text encoders
     encoders["text"].set_trainable(False)
     cache = FeatureCache(config.cache_dir)
-    train = pair_features(splits["train"], encoders, cache, config.data.max_pixels)
+    train = pair_features(splits["train"], encoders, cache, config.data)
     model, summary = fit_aligned(config, encoders, train, echo)
     for name in ("val", "test"):
         if len(splits[name]):
-            data = pair_features(splits[name], encoders, cache, config.data.max_pixels)
+            data = pair_features(splits[name], encoders, cache, config.data)
             summary[f"{name}_metrics"] = evaluate_pairs(model, data)
             summary[f"{name}_pairs"] = len(data)
             if name == "test" and align.holdout:

@@ -1,13 +1,24 @@
 """Data: reading tables, checking media, built-in data sets, splitting.
 
-Only the light, torch-free modules are re-exported here, so `import mmfuse.data` stays cheap;
-batching / dataset code is imported from its own module.
+Names are resolved lazily (PEP 562), so importing one submodule (the modality specs import
+`data.media`) never drags in the manifest, which imports the config tree.
 """
-from .datasets import builtin_columns, builtin_names, easy_vqa_answers, load_builtin
-from .manifest import BadRow, Manifest, load_manifest, read_table, split_manifest
-from .media import MediaError, check_image, clean_text, open_image
+from __future__ import annotations
 
-__all__ = [
-    "BadRow", "Manifest", "MediaError", "builtin_columns", "builtin_names", "check_image", "clean_text",
-    "easy_vqa_answers", "load_builtin", "load_manifest", "open_image", "read_table", "split_manifest",
-]
+import importlib
+
+_WHERE = {
+    "builtin_columns": "datasets", "builtin_names": "datasets", "easy_vqa_answers": "datasets",
+    "load_builtin": "datasets",
+    "BadRow": "manifest", "Manifest": "manifest", "load_manifest": "manifest", "read_table": "manifest",
+    "split_manifest": "manifest",
+    "MediaError": "media", "check_image": "media", "clean_text": "media", "open_image": "media",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

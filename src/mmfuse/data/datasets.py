@@ -20,6 +20,8 @@ _COLUMNS: dict[str, dict[str, str]] = {
     "easy_vqa": {"image": "image", "text": "question", "label": "answer", "split": "split"},
     # Our own generator (data/scenes.py): multi-object scenes, counting / binding / order questions.
     "shape_scenes": {"image": "image", "text": "question", "label": "answer", "split": "split"},
+    # easy-VQA with each question also spoken by espeak-ng (data/spoken.py); some voices held out.
+    "easy_vqa_spoken": {"image": "image", "audio": "audio", "text": "question", "label": "answer", "split": "split"},
 }
 
 
@@ -28,7 +30,7 @@ def builtin_names() -> list[str]:
 
 
 def builtin_columns(name: str) -> dict[str, str]:
-    """{role: column} for a built-in table (roles: image, text, label, split)."""
+    """{role: column} for a built-in table (roles: image, text, label, split; audio where spoken)."""
     _check_name(name)
     return dict(_COLUMNS[name])
 
@@ -61,6 +63,10 @@ def _load(name: str) -> pd.DataFrame:
         from .scenes import load_shape_scenes
 
         return load_shape_scenes()
+    if name == "easy_vqa_spoken":
+        from .spoken import load_easy_vqa_spoken
+
+        return load_easy_vqa_spoken()
     raise AssertionError(name)  # pragma: no cover - _check_name guards this
 
 

@@ -1,7 +1,7 @@
 """Tables in, one clean manifest out: which rows are usable, and exactly why the others are not.
 
-A manifest is the table after every check that can fail on user data — columns exist, images
-decode, texts are non-blank, labels parse — so nothing downstream (feature caching, training,
+A manifest is the table after every check that can fail on user data — columns exist, media
+files decode, texts are non-blank, labels parse — so nothing downstream (feature caching, training,
 prediction) has to handle a bad row. Bad rows are skipped and reported with the row number
 the user sees in their file; `data.strict` turns them into one error listing all of them.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
@@ -17,18 +16,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
+from ..modalities import MODALITIES, Decoded, group_modality
 from .datasets import builtin_columns, builtin_names, load_builtin
-from .media import MediaError, check_image, clean_text
+from .media import MediaError
 
 __all__ = ["BadRow", "DecodedImage", "Manifest", "carve", "group_keys", "load_manifest", "read_table", "split_manifest",
            "SPLIT_NAMES"]
 
 TASKS = ("classification", "multilabel", "regression")
-MODALITIES = ("image", "text")
 STRICT_LIST_LIMIT = 50
 
 # Accepted spellings of a split value (lower-cased) -> the canonical name.
@@ -39,14 +37,13 @@ SPLIT_NAMES = {
 }
 
 _COMPRESSED = {".gz", ".bz2", ".xz", ".zip", ".zst"}
-_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 @dataclass
 class BadRow:
     source: str  # table file name (or "DataFrame")
     row: int  # 1-based data row, header excluded
-    field: str  # "image" / "text" / "label" / "split", or "row" for a whole-row problem
+    field: str  # a modality name, "label" / "split", or "row" for a whole-row problem
     reason: str
     column: str | None = None  # the table column behind `field`, for the message
 
@@ -58,7 +55,7 @@ class BadRow:
 
 @dataclass
 class Manifest:
-    frame: pd.DataFrame  # good rows: row, image, text, label, split
+    frame: pd.DataFrame  # good rows: row, one column per modality, label, split
     bad_rows: list[BadRow] = dataclass_field(default_factory=list)
     source: str = ""
 
@@ -74,17 +71,8 @@ class Manifest:
         return text
 
 
-@dataclass(frozen=True)
-class DecodedImage:
-    """An image file whose caller has already decoded it with `media.open_image` (a server vets
-    each upload that way). The manifest and the dataset use `image` instead of decoding the file
-    again; the file stays the input's identity (its bytes are the feature caches' key)."""
-
-    path: str
-    image: Image.Image = dataclass_field(compare=False, repr=False)
-
-    def __fspath__(self) -> str:
-        return self.path
+# An input its caller has already decoded (kept under its old name for callers of the image path).
+DecodedImage = Decoded
 
 
 class _RowProblem(Exception):
@@ -202,36 +190,10 @@ def _parse_split(value: Any) -> str | None:
     return name
 
 
-def _image_path(value: Any, base: str) -> str | None:
-    """An absolute path, or None when the cell is empty (the row simply has no image)."""
-    if isinstance(value, DecodedImage):
-        return value
-    if _is_missing(value):
-        return None
-    text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
-    text = text.strip()
-    if not text:
-        return None
-    if _URL.match(text):
-        raise _RowProblem("URLs are not supported: download the images and point at local files")
-    path = os.path.expanduser(text)
-    # Relative paths are relative to the manifest file, not the working directory, so a data
-    # folder can be moved or run from anywhere.
-    return os.path.abspath(os.path.join(base, path))
-
-
-def _pixel_reason(image: Image.Image, max_pixels: int) -> str | None:
-    """Only the size is left to check on an image its caller has already decoded."""
-    pixels = image.width * image.height
-    if pixels > max_pixels:
-        return f"image too large: {image.width}×{image.height} = {pixels:,} pixels (max_pixels is {max_pixels:,})"
-    return None
-
-
 # ----- the manifest ---------------------------------------------------------------------------
 
 def _columns_for(data: DataConfig, builtin: str | None) -> dict[str, str | None]:
-    columns = {role: getattr(data.columns, role) for role in ("image", "text", "label", "split")}
+    columns = data.columns.model_dump()
     if builtin is not None:
         # A built-in knows its own column names; they apply to every role the user left at the
         # default, so `source: easy_vqa` works as is, and an explicit setting still wins.
@@ -262,7 +224,7 @@ def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: 
         raise ConfigError(f"task {task!r}: expected one of {', '.join(TASKS)}")
     unknown = [m for m in modalities if m not in MODALITIES]
     if unknown:
-        raise ConfigError(f"unknown modalities {unknown}; expected image and/or text")
+        raise ConfigError(f"unknown modalities {unknown}; expected some of {', '.join(MODALITIES)}")
 
     builtin = None
     if isinstance(source, str) and source in builtin_names():
@@ -275,7 +237,8 @@ def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: 
     columns = _columns_for(data, builtin)
     used = [m for m in MODALITIES if m in modalities and columns[m] is not None]
     if not used:
-        raise ConfigError("no input modality: set data.columns.image and/or data.columns.text")
+        raise ConfigError("no input modality: bind a column to one of data.columns."
+                          + " / data.columns.".join(MODALITIES))
     if not require_label:
         # Prediction: a table may carry only the modalities it has (an image-only table is fine),
         # and needs neither a label nor a split column; but at least one input column.
@@ -294,22 +257,18 @@ def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: 
     allowed_list = labels if labels is not None else data.labels
     allowed = {str(v) for v in allowed_list} if allowed_list is not None and task != "regression" else None
 
-    out = {"row": [], "image": [], "text": [], "label": [], "split": []}
+    out: dict[str, list] = {key: [] for key in ("row", *MODALITIES, "label", "split")}
     bad: list[BadRow] = []
     pending: list[tuple[int, dict[str, Any]]] = []  # rows that passed the cheap checks
 
-    # Cheap checks first (text, label, split, path syntax); images are decoded afterwards, once
-    # per unique path and only for rows that are otherwise good.
+    # Cheap checks first (text, label, split, path syntax); media files are decoded afterwards,
+    # once per unique file and only for rows that are otherwise good.
     for i in range(n):
         record: dict[str, Any] = {"row": i + 1}
         role = ""
         try:
-            role = "image"
-            record["image"] = _image_path(cells["image"][i], base) if "image" in cells else None
-            role = "text"
-            value = cells["text"][i] if "text" in cells else None
-            # A missing cell means "no text for this row"; a present but blank one is an error.
-            record["text"] = None if _is_missing(value) else clean_text(value, max_chars=data.max_text_chars)
+            for role, modality in MODALITIES.items():
+                record[role] = modality.parse(cells[role][i], base, data) if role in cells else None
             role = "label"
             if "label" in cells:
                 try:
@@ -330,18 +289,16 @@ def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: 
             continue
         pending.append((i, record))
 
-    reasons: dict[str, str | None] = {}
-    for _, record in pending:
-        path = record["image"]
-        if isinstance(path, DecodedImage):
-            reasons[path] = _pixel_reason(path.image, data.max_pixels)
-        elif path is not None and path not in reasons:
-            reasons[path] = check_image(path, max_pixels=data.max_pixels)
-
+    reasons: dict[tuple[str, Any], str | None] = {}
     for i, record in pending:
-        reason = reasons.get(record["image"]) if record["image"] is not None else None
-        if reason is not None:
-            bad.append(BadRow(name, i + 1, "image", reason, wanted.get("image")))
+        for role in used:
+            value = record[role]
+            if value is not None and (role, value) not in reasons:
+                reasons[role, value] = MODALITIES[role].check(value, data)
+        problem = next(((role, reasons[role, record[role]]) for role in used
+                        if record[role] is not None and reasons[role, record[role]] is not None), None)
+        if problem is not None:
+            bad.append(BadRow(name, i + 1, problem[0], problem[1], wanted.get(problem[0])))
             continue
         for key in out:
             out[key].append(record[key])
@@ -353,8 +310,7 @@ def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: 
         label_column = pd.Series(out["label"], dtype="object")
     frame = pd.DataFrame({
         "row": pd.Series(out["row"], dtype="int64"),
-        "image": pd.Series(out["image"], dtype="object"),
-        "text": pd.Series(out["text"], dtype="object"),
+        **{m: pd.Series(out[m], dtype="object") for m in MODALITIES},
         "label": label_column,
         "split": pd.Series(out["split"], dtype="object"),
     })
@@ -381,9 +337,11 @@ def _normalise_split(values: pd.Series) -> pd.Series:
 
 
 def group_keys(frame: pd.DataFrame, grouped: bool) -> list[str]:
-    # Rows without an image (or when grouping is off) are their own group. The "\0" prefix
-    # keeps these keys from colliding with a real path.
-    images = frame["image"].tolist() if "image" in frame else [None] * len(frame)
+    # Rows share a group when they share the file of the grouping modality (the image); rows
+    # without one (or when grouping is off) are their own group. The "\0" prefix keeps these
+    # keys from colliding with a real path.
+    by = group_modality(frame)
+    images = frame[by].tolist() if by is not None else [None] * len(frame)
     return [img if grouped and isinstance(img, str) else f"\0{i}" for i, img in enumerate(images)]
 
 

@@ -20,18 +20,16 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ..features import Features
+from ..modalities import MODALITIES
 from .base import Encoder
 
 SHARD_ITEMS = 2048
 
 
 def content_hash(modality: str, value: Any) -> str:
-    """Images by file bytes (a renamed copy is the same input), text by its characters."""
-    if modality == "image":
-        data = Path(value).read_bytes()
-    else:
-        data = str(value).encode("utf-8")
-    return hashlib.sha256(data).hexdigest()[:32]
+    """The hash of what the modality says an input's content is: a file's bytes (a renamed copy is
+    the same input, an edited file a new one), a text's characters."""
+    return hashlib.sha256(MODALITIES[modality].content(value)).hexdigest()[:32]
 
 
 class FeatureCache:

@@ -88,22 +88,27 @@ class Fusion(nn.Module):
         """(B, M) bool, columns in `self.modalities` order."""
         return torch.stack([inputs[m].present for m in self.modalities], dim=1)
 
-    def roles(self, target: str, context: str) -> tuple[str | None, str | None]:
-        """For strategies with a target and a context modality: each name, or None if not configured.
+    def roles(self, target: str, context: str | list[str] | None) -> tuple[str | None, list[str]]:
+        """For strategies with a target and context modalities: the target (None if not configured)
+        and the configured context modalities. context None: every configured modality but the target.
 
         A configured modality with no role would be silently ignored, so it is an error.
         """
         name = type(self).__name__
-        if target == context:
-            raise ConfigError(f"{name}: target and context are both {target!r}")
-        extra = [m for m in self.modalities if m not in (target, context)]
+        contexts = [m for m in self.modalities if m != target] if context is None else \
+            ([context] if isinstance(context, str) else list(context))
+        if target in contexts:
+            raise ConfigError(f"{name}: {target!r} is both the target and a context")
+        extra = [m for m in self.modalities if m != target and m not in contexts]
         if extra:
             raise ConfigError(
-                f"{name} fuses two roles (target={target!r}, context={context!r}) but modality "
+                f"{name} fuses two roles (target={target!r}, context={contexts!r}) but modality "
                 f"{extra[0]!r} has none; set options target/context, or use a fusion that takes "
                 f"any number of modalities (concat, attention, gated, transformer, mult...)")
-        return (target if target in self.in_dims else None,
-                context if context in self.in_dims else None)
+        if target not in self.in_dims and len(self.modalities) > 1:
+            raise ConfigError(f"{name}: target {target!r} is not a configured modality "
+                              f"({', '.join(self.modalities)}); set fusion.options.target")
+        return (target if target in self.in_dims else None, [m for m in contexts if m in self.in_dims])
 
 
 def per_modality(in_dims: dict[str, int], build: Callable[[int], nn.Module]) -> nn.ModuleDict:
@@ -175,40 +180,47 @@ class TokenPool(nn.Module):
 class TargetContextFusion(Fusion):
     """Shared skeleton of the two-role strategies (film, cross_attention).
 
-    The target modality's tokens are processed in the light of the context modality, then pooled.
+    The target modality's tokens are processed in the light of the context modalities (by default
+    every other configured one: text and audio both condition the image), then pooled.
     Subclasses build their own layers in `build(dim, ...)` and implement `fuse(tokens, mask, ctx)`.
-    A row without the target is an MLP of the context alone (it never reads target values); with
-    no context configured, a learned "missing" vector.
+    A row without the target is the mean of an MLP per present context (it never reads target
+    values); with no context configured, a learned "missing" vector.
     """
 
-    def __init__(self, *, in_dims: dict[str, int], dim: int, dropout: float, target: str, context: str,
-                 pool: str):
+    def __init__(self, *, in_dims: dict[str, int], dim: int, dropout: float, target: str,
+                 context: str | list[str] | None, pool: str):
         super().__init__(in_dims=in_dims, dim=dim, dropout=dropout)
-        self.target, self.context = self.roles(target, context)
+        self.target, self.contexts = self.roles(target, context)
         check_pool(pool)
         if self.target is not None:
             self.pool = TokenPool(dim, pool)
-        if self.context is not None:
-            self.context_only = mlp(in_dims[self.context], dim, dim)
+        if self.contexts:
+            self.context_only = nn.ModuleDict({m: mlp(in_dims[m], dim, dim) for m in self.contexts})
         else:
             self.missing = MissingEmbedding({"target": dim})
         self.drop = nn.Dropout(dropout)
         self.out_dim = dim
 
-    def fuse(self, tokens: Tensor, mask: Tensor, ctx: Features | None) -> Tensor:  # pragma: no cover
+    def fuse(self, tokens: Tensor, mask: Tensor, ctx: dict[str, Features]) -> Tensor:  # pragma: no cover
         """(B, T, D_target) target tokens -> (B, T, dim) processed tokens."""
         raise NotImplementedError
 
+    def without_target(self, ctx: dict[str, Features]) -> Tensor:
+        """Mean over the present contexts of their MLPs (zeros on a row with none)."""
+        outs = [self.context_only[m](f.pooled) * f.present[:, None] for m, f in ctx.items()]
+        count = torch.stack([f.present for f in ctx.values()], 1).sum(1, keepdim=True).clamp_min(1)
+        return torch.stack(outs).sum(0) / count
+
     def forward(self, feats: dict[str, Features]) -> Tensor:
         inputs = self.inputs(feats)
-        ctx = inputs[self.context] if self.context else None
+        ctx = {m: inputs[m] for m in self.contexts}
         if self.target is None:
-            return self.drop(self.context_only(ctx.pooled))
+            return self.drop(self.without_target(ctx))
         target = inputs[self.target]
         tokens, mask = as_tokens(target)
         z = self.pool(self.fuse(tokens, mask, ctx), mask)
-        if ctx is not None:
-            z = torch.where(target.present[:, None], z, self.context_only(ctx.pooled))
+        if ctx:
+            z = torch.where(target.present[:, None], z, self.without_target(ctx))
         else:
             z = self.missing("target", z, target.present)
         return self.drop(z)

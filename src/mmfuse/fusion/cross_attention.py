@@ -1,6 +1,8 @@
-"""Cross-attention: target tokens (default text) attend over context tokens (default image regions)."""
+"""Cross-attention: target tokens (default text) attend over context tokens (default: every other
+modality's tokens — image regions, audio frames)."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..features import Features, as_tokens
@@ -22,18 +24,20 @@ class CrossAttentionFusion(TargetContextFusion):
     """
 
     def __init__(self, *, in_dims: dict[str, int], dim: int = 256, dropout: float = 0.1,
-                 target: str = "text", context: str = "image", layers: int = 1, heads: int = 4,
+                 target: str = "text", context: str | list[str] | None = None, layers: int = 1, heads: int = 4,
                  pool: str = "mean"):
         check_heads(dim, heads, "cross_attention")
         super().__init__(in_dims=in_dims, dim=dim, dropout=dropout, target=target, context=context, pool=pool)
         if self.target is not None:
             self.target_proj = nn.Linear(in_dims[self.target], dim)
             self.blocks = CrossAttentionStack(dim, heads, layers, dropout)
-        if self.context is not None:
-            self.context_proj = nn.Linear(in_dims[self.context], dim)
+        # One projection per context modality; their tokens are attended together.
+        self.context_proj = nn.ModuleDict({m: nn.Linear(in_dims[m], dim) for m in self.contexts})
 
-    def fuse(self, tokens: Tensor, mask: Tensor, ctx: Features | None) -> Tensor:
-        if ctx is None:
+    def fuse(self, tokens: Tensor, mask: Tensor, ctx: dict[str, Features]) -> Tensor:
+        if not ctx:
             return self.blocks(self.target_proj(tokens))
-        ctx_tokens, ctx_mask = as_tokens(ctx)
-        return self.blocks(self.target_proj(tokens), self.context_proj(ctx_tokens), ctx_mask)
+        parts = [as_tokens(f) for f in ctx.values()]
+        ctx_tokens = torch.cat([self.context_proj[m](t) for m, (t, _) in zip(ctx, parts)], dim=1)
+        ctx_mask = torch.cat([k for _, k in parts], dim=1)
+        return self.blocks(self.target_proj(tokens), ctx_tokens, ctx_mask)

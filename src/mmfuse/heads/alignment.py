@@ -1,8 +1,9 @@
 """Alignment as an auxiliary loss while a fusion model trains (`train.alignment`).
 
-Two linear projections put each row's pooled image and text features in one space, and the
-configured alignment objectives (the same registry `mmfuse align` uses: contrastive, dcca,
-autoencoder, adversarial) pull each row's image and text together. The weighted sum is added to
+Two linear projections put each row's pooled features of two modalities (the model's first two,
+in registry order: image and text, or image and audio) in one space, and the configured alignment
+objectives (the same registry `mmfuse align` uses: contrastive, dcca, autoencoder, adversarial)
+pull each row's pair together; the objectives call the first side "image" and the second "text". The weighted sum is added to
 the task loss; prediction never uses it.
 """
 from __future__ import annotations
@@ -11,13 +12,18 @@ import torch
 from torch import Tensor, nn
 
 from ..features import Features
+from ..modalities import MODALITIES
 
 
 class AuxiliaryAlignment(nn.Module):
-    def __init__(self, *, image_dim: int, text_dim: int, weights: dict[str, float], dim: int = 128):
+    def __init__(self, *, dims: dict[str, int], weights: dict[str, float], dim: int = 128):
         super().__init__()
         from ..align.objectives import create_objective
 
+        if len(dims) < 2:
+            raise ValueError("alignment needs two modalities")
+        self.pair = [m for m in MODALITIES if m in dims][:2]
+        image_dim, text_dim = (dims[m] for m in self.pair)
         self.weights = dict(weights)
         self.project = nn.ModuleDict({"image": nn.Linear(image_dim, dim), "text": nn.Linear(text_dim, dim)})
         self.objectives = nn.ModuleDict({name: create_objective(name, dim=dim, image_dim=image_dim, text_dim=text_dim)
@@ -32,7 +38,7 @@ class AuxiliaryAlignment(nn.Module):
         """The weighted alignment loss over the rows that have both modalities (0 with < 2 rows)."""
         from ..align.objectives import AlignBatch
 
-        image, text = feats["image"], feats["text"]
+        image, text = (feats[m] for m in self.pair)
         both = image.present & text.present
         if int(both.sum()) < 2:
             return image.pooled.new_zeros(())
