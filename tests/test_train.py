@@ -74,7 +74,7 @@ def test_auxiliary_alignment_lowers_its_loss_and_marks_repeated_rows_positive():
 def test_alignment_is_checked_in_config():
     with pytest.raises(ConfigError, match="unknown alignment objective 'nope'"):
         parse_config({"train": {"alignment": {"nope": 1.0}}})
-    with pytest.raises(ConfigError, match="needs both an image and a text"):
+    with pytest.raises(ConfigError, match="needs two modalities"):
         parse_config({"encoders": {"text": None}, "train": {"alignment": {"contrastive": 0.1}}})
 
 

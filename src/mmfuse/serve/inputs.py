@@ -1,125 +1,104 @@
 """Untrusted request values -> model inputs, or an ApiError naming the field.
 
-Images arrive as bytes (an upload or base64). Checks run cheapest first and the pixel count is
-read from the header before any decoding, so a decompression bomb costs nothing; the full
-decode (which catches truncated files) is `mmfuse.data.media.open_image`, the same code that
-vets training images. A validated image is written to a per-server temp folder (the file is the
-input's identity for the feature caches; the caller deletes it after the request) and handed on
-with its decoded pixels as a `DecodedImage`, so the Predictor does not decode it again.
+Generic over the modality registry: a file modality's bytes (an upload or base64) go to its
+spec's `from_upload`, which vets them fully with this server's caps (cheapest check first, sizes
+read from headers before any decoding), stores them in the per-server temp folder (the file is
+the input's identity for the feature caches; the caller deletes it after the request) and hands
+them on decoded (`Decoded`), so the Predictor does not decode them again. A string modality
+(text) goes through its spec's `parse`. A refusal (`MediaError`) becomes a 422 naming the field
+(or the status the error carries, e.g. 415 for an image format outside the allowlist).
 """
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import os
 import re
-import tempfile
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
-from ..data import media
-from ..data.manifest import DecodedImage
+from ..data.media import MediaError
+from ..modalities import MODALITIES, Decoded, Modality
 from .errors import ApiError, invalid
 
-# Formats a client may send (PIL format names). Everything else PIL can read (TIFF, PSD, ICO,
-# PCX, ...) is refused: rare in practice, and each extra decoder is extra attack surface.
-ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
-SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
 _DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 
 
 @dataclass
 class ModelRow:
-    """One validated row: a decoded image file and/or a text (None where absent)."""
+    """One validated row: modality -> its value (a `Decoded` file, or a clean text); absent
+    modalities have no key."""
 
-    image: DecodedImage | None = None
-    text: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, modality: str) -> Any | None:
+        return self.values.get(modality)
+
+    def without(self, modality: str) -> "ModelRow":
+        return ModelRow({name: value for name, value in self.values.items() if name != modality})
 
 
-def decode_base64(value: str, field: str) -> bytes:
+def decode_base64(value: str, field: str, modality: str = "file") -> bytes:
     """Plain base64 or a data URL (`data:image/png;base64,...`)."""
     payload = _DATA_URL.sub("", value.strip(), count=1)
     try:
-        data = base64.b64decode(payload, validate=True)
+        return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise invalid(field, "not valid base64 (expected the image bytes, base64-encoded)") from None
-    if not data:
-        raise invalid(field, "empty image")
-    return data
+        raise invalid(field, f"not valid base64 (expected the {modality} bytes, base64-encoded)") from None
 
 
-def check_text(value: str | None, field: str, *, max_chars: int) -> str | None:
-    """None stays None (no text: the modality is absent); blank or overlong text is refused."""
-    if value is None:
-        return None
-    text = value.replace("\x00", "").strip()
-    if not text:
-        raise invalid(field, "empty text (leave the field out to predict without text)")
-    if len(text) > max_chars:
-        raise invalid(field, f"text too long: {len(text):,} characters (max {max_chars:,})")
-    return text
-
-
-def _header_format(data: bytes, field: str, max_pixels: int) -> str:
-    """The image format, after checking the declared size — nothing is decoded yet."""
-    reason = media.sniff(data[: media.SNIFF_BYTES])
-    if reason is not None:
-        raise invalid(field, reason)
+def check_string(modality: Modality, value: str, field: str, limits: dict[str, Any]) -> Any:
+    """A string modality's value, cleaned by its spec; refused (not cut) when over a `max_*_chars` cap."""
+    clean = value.replace("\x00", "").strip()
+    for name, cap in limits.items():
+        # A model would cut an overlong cell; a server refuses it, so nobody is answered about
+        # a text it did not read in full.
+        if name in modality.limits and name.endswith("_chars") and len(clean) > cap:
+            raise invalid(field, f"{modality.name} too long: {len(clean):,} characters (max {cap:,})")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS)) as im:
-                width, height, kind = im.width, im.height, im.format
-    except Image.DecompressionBombError:
-        raise invalid(field, f"image too large (max {max_pixels:,} pixels)") from None
-    except UnidentifiedImageError:
-        raise invalid(field, _unsupported(data), status=415) from None
-    except Exception as error:  # noqa: BLE001 - broken headers raise many types
-        raise invalid(field, f"truncated or corrupt image: {error or type(error).__name__}") from None
-    if width * height > max_pixels:
-        raise invalid(field, f"image too large: {width}×{height} = {width * height:,} pixels "
-                             f"(max {max_pixels:,})")
-    return kind
+        return modality.parse(value, "", SimpleNamespace(**limits))
+    except MediaError as error:
+        raise invalid(field, f"{error} (leave the field out to predict without {modality.name})") from None
 
 
-def _unsupported(data: bytes) -> str:
-    allowed = ", ".join(ALLOWED_FORMATS)
+def save_upload(modality: Modality, data: bytes, field: str, *, limits: dict[str, Any], folder: Path) -> Decoded:
+    """Vet a file modality's bytes fully and store them; the caller deletes the file (`discard`)."""
     try:
-        with Image.open(io.BytesIO(data), formats=media.allowed_formats()) as im:
-            return f"image format {im.format} is not accepted (send {allowed})"
-    except Exception:  # noqa: BLE001 - not an image PIL knows at all
-        return f"not an image (unrecognised format; send {allowed})"
+        return modality.from_upload(data, field, folder, limits)
+    except MediaError as error:
+        raise invalid(field, str(error), status=getattr(error, "status", 422)) from None
 
 
-def save_image(data: bytes, field: str, *, max_pixels: int, folder: Path) -> DecodedImage:
-    """Validate image bytes fully and store them; returns the file with its decoded pixels
-    (the caller deletes the file)."""
-    if not data:
-        raise invalid(field, "empty image")
-    kind = _header_format(data, field, max_pixels)
-    handle, path = tempfile.mkstemp(suffix=SUFFIX[kind], dir=folder)
-    with os.fdopen(handle, "wb") as out:
-        out.write(data)
+def make_row(values: dict[str, bytes | str], *, where: str, limits: dict[str, Any], folder: Path) -> ModelRow:
+    """Raw values (bytes for file modalities, strings otherwise) -> a validated ModelRow."""
+    row = ModelRow()
     try:
-        image = media.open_image(path, max_pixels=max_pixels)  # full decode: truncation, bad data
-    except media.MediaError as error:
-        os.unlink(path)
-        raise invalid(field, str(error)) from None
-    return DecodedImage(path, image)
+        # Strings first (cheap), then files, each in registration order.
+        for name, modality in sorted(MODALITIES.items(), key=lambda item: item[1].is_file):
+            if values.get(name) is None:
+                continue
+            field = f"{where}{name}"
+            if modality.is_file:
+                row.values[name] = save_upload(modality, values[name], field, limits=limits, folder=folder)
+            else:
+                row.values[name] = check_string(modality, values[name], field, limits)
+    except ApiError:
+        discard([row])  # files this row stored before one of its values was refused
+        raise
+    return row
 
 
 def discard(rows: list[ModelRow]) -> None:
-    """Delete the rows' temp image files (safe to call twice)."""
+    """Delete the rows' temp files (safe to call twice)."""
     for row in rows:
-        if row.image is not None:
-            try:
-                os.unlink(row.image)
-            except FileNotFoundError:
-                pass
+        for value in row.values.values():
+            if isinstance(value, Decoded):
+                try:
+                    os.unlink(value.path)
+                except FileNotFoundError:
+                    pass
 
 
-__all__ = ["ALLOWED_FORMATS", "ApiError", "ModelRow", "check_text", "decode_base64", "discard", "save_image"]
+__all__ = ["ApiError", "ModelRow", "check_string", "decode_base64", "discard", "make_row", "save_upload"]

@@ -1,8 +1,13 @@
-"""The HTTP endpoints: health, info, metrics, predict (JSON and multipart), embed."""
+"""The HTTP endpoints: health, info, metrics, predict (JSON and multipart), embed.
+
+No modality is named here: rows, form parts and contributions follow `mmfuse.modalities.MODALITIES`.
+"""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import re
 import time
 from typing import Annotated
 
@@ -10,13 +15,14 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
+from ..modalities import MODALITIES, Modality
 from .batcher import Overloaded
 from .errors import ApiError, invalid, unavailable
-from .inputs import ALLOWED_FORMATS, ModelRow, check_text, decode_base64, discard, save_image
+from .inputs import ModelRow, decode_base64, discard, make_row
 from .privacy import log_preview
 from .runner import ModelRunner, RowResult, refused
 from .schemas import (MAX_TOP_K, Contribution, EmbedRequest, EmbedResponse, Health, Info, LabelScore,
-                      Prediction, PredictRequest, PredictResponse, RowIn)
+                      ModalityInfo, Prediction, PredictRequest, PredictResponse, RowIn)
 from .security import token_matches
 
 log = logging.getLogger("mmfuse.serve")
@@ -66,31 +72,52 @@ def runner_of(request: Request) -> ModelRunner:
     return state.runner
 
 
+def formats(modality: Modality) -> list[str]:
+    """The file formats an upload of `modality` may be in: the spec's `formats`, or else the
+    upper-case names its one-line help gives in parentheses ("One audio file (WAV, FLAC or OGG; ...)")."""
+    declared = getattr(modality, "formats", None)
+    if declared is not None:
+        return list(declared)
+    if not modality.is_file:
+        return []
+    inside = re.search(r"\(([^)]*)\)", modality.help)
+    return re.findall(r"\b[A-Z][A-Z0-9]+\b", inside.group(1)) if inside else []
+
+
 @api.get("/info", response_model=Info)
 def info(request: Request) -> Info:
-    """What the model expects and answers, and the server's input limits."""
+    """What the model expects and answers, how to send each input, and the server's input limits."""
     settings, runner = request.app.state.settings, runner_of(request)
-    return Info(task=runner.task, labels=runner.labels, modalities=runner.modalities,
+    limits = settings.limits()
+    inputs = {name: ModalityInfo(kind="file" if MODALITIES[name].is_file else "text", help=MODALITIES[name].help,
+                                 formats=formats(MODALITIES[name]),
+                                 limits={k: v for k, v in limits.items() if k in MODALITIES[name].limits})
+              for name in runner.modalities}
+    return Info(task=runner.task, labels=runner.labels, modalities=runner.modalities, inputs=inputs,
                 search=request.app.state.search is not None, auth=settings.token is not None,
-                max_rows=settings.max_rows, max_body_bytes=settings.max_body_bytes,
-                max_text_chars=settings.max_text_chars, accepted_image_formats=list(ALLOWED_FORMATS))
+                max_rows=settings.max_rows, max_body_bytes=settings.max_body_bytes, limits=limits)
 
 
 # ----- turning requests into model rows -----------------------------------------------------
 
-def _row(request: Request, runner: ModelRunner, image: bytes | None, text: str | None, where: str) -> ModelRow:
+def _none_of(modalities: list[str]) -> str:
+    if len(modalities) == 1:
+        return f"the row has no {modalities[0]}"
+    if len(modalities) == 2:
+        return f"the row has neither {modalities[0]} nor {modalities[1]}"
+    return "the row has none of " + ", ".join(modalities)
+
+
+def _row(request: Request, runner: ModelRunner, values: dict[str, bytes | str | None], where: str) -> ModelRow:
+    """Raw values of one row (bytes for file modalities, strings otherwise) -> a ModelRow."""
+    given = {name: value for name, value in values.items() if value is not None}
+    for name in given:
+        if name not in runner.modalities:
+            raise invalid(f"{where}{name}", f"this model takes no {name} (it takes {' + '.join(runner.modalities)})")
+    if not given:
+        raise invalid(f"{where}{runner.modalities[0]}", _none_of(runner.modalities))
     settings = request.app.state.settings
-    if image is not None and "image" not in runner.modalities:
-        raise invalid(f"{where}image", "this model takes no image")
-    if text is not None and "text" not in runner.modalities:
-        raise invalid(f"{where}text", "this model takes no text")
-    if image is None and text is None:
-        raise invalid(f"{where}image", "the row has neither an image nor a text")
-    clean = check_text(text, f"{where}text", max_chars=settings.max_text_chars)
-    decoded = None
-    if image is not None:
-        decoded = save_image(image, f"{where}image", max_pixels=settings.max_pixels, folder=request.app.state.tmp)
-    return ModelRow(image=decoded, text=clean)
+    return make_row(given, where=where, limits=settings.limits(), folder=request.app.state.tmp)
 
 
 def _json_rows(request: Request, runner: ModelRunner, rows: list[RowIn]) -> list[ModelRow]:
@@ -101,8 +128,13 @@ def _json_rows(request: Request, runner: ModelRunner, rows: list[RowIn]) -> list
     try:
         for i, row in enumerate(rows):
             where = f"rows[{i}]."
-            image = decode_base64(row.image, f"{where}image") if row.image is not None else None
-            out.append(_row(request, runner, image, row.text, where))
+            values: dict[str, bytes | str | None] = {}
+            for name, modality in MODALITIES.items():
+                value = getattr(row, name)
+                if value is not None and modality.is_file and name in runner.modalities:
+                    value = decode_base64(value, f"{where}{name}", name)
+                values[name] = value
+            out.append(_row(request, runner, values, where))
     except ApiError:
         discard(out)
         raise
@@ -121,18 +153,16 @@ async def _run(request: Request, rows: list[ModelRow]) -> list[RowResult]:
 
 # ----- predictions ----------------------------------------------------------------------------
 
-def _explained(rows: list[ModelRow], explain: bool) -> tuple[list[ModelRow], list[list[int]]]:
-    """Rows to run, and per request row the positions of [itself, without image, without text].
-
-    Only rows with both modalities are explained; the others are run once.
-    """
+def _explained(rows: list[ModelRow], explain: bool) -> tuple[list[ModelRow], list[list[tuple[str | None, int]]]]:
+    """Rows to run, and per request row [(None, its position), (modality, position of the row
+    without that modality), ...]. Only rows with two inputs or more are explained."""
     todo: list[ModelRow] = []
-    plan: list[list[int]] = []
+    plan: list[list[tuple[str | None, int]]] = []
     for row in rows:
-        both = row.image is not None and row.text is not None
-        extra = [ModelRow(image=None, text=row.text), ModelRow(image=row.image, text=None)] if explain and both else []
-        plan.append(list(range(len(todo), len(todo) + 1 + len(extra))))
-        todo += [row, *extra]
+        present = list(row.values) if explain and len(row.values) > 1 else []
+        runs = [(None, row), *((name, row.without(name)) for name in present)]
+        plan.append([(name, len(todo) + i) for i, (name, _) in enumerate(runs)])
+        todo += [run for _, run in runs]
     return todo, plan
 
 
@@ -150,12 +180,17 @@ def _prediction(runner: ModelRunner, result: RowResult, top_k: int) -> Predictio
                                                   for s, i in zip(top.values.tolist(), top.indices.tolist())])
 
 
-def _contribution(runner: ModelRunner, both: RowResult, no_image: RowResult, no_text: RowResult):
-    if runner.task == "regression" or None in (no_image.scores, no_text.scores):
+def _contribution(runner: ModelRunner, full: RowResult, without: dict[str, RowResult]) -> Contribution | None:
+    if runner.task == "regression" or any(result.scores is None for result in without.values()):
         return None
-    best = int(both.scores.argmax())
-    return Contribution(label=runner.labels[best], both=float(both.scores[best]),
-                        without_image=float(no_image.scores[best]), without_text=float(no_text.scores[best]))
+    best = int(full.scores.argmax())
+    return Contribution(label=runner.labels[best], score=float(full.scores[best]),
+                        without={name: float(result.scores[best]) for name, result in without.items()})
+
+
+def _log_text(row: ModelRow) -> str | None:
+    """What of a row the log may show: its text (strings only; never file contents)."""
+    return next((value for name, value in row.values.items() if not MODALITIES[name].is_file), None)
 
 
 async def _predict(request: Request, runner: ModelRunner, rows: list[ModelRow], top_k: int,
@@ -165,45 +200,65 @@ async def _predict(request: Request, runner: ModelRunner, rows: list[ModelRow], 
     try:
         results = await _run(request, todo)
     finally:
-        discard(rows)
+        discard(rows)  # the rows without a modality share these files
     predictions = []
-    for i, positions in enumerate(plan):
-        result = results[positions[0]]
+    for i, runs in enumerate(plan):
+        result = results[runs[0][1]]
         if result.scores is None:
             raise refused(f"rows[{i}]", result)
         prediction = _prediction(runner, result, top_k)
-        if len(positions) == 3:
-            prediction.contribution = _contribution(runner, *(results[p] for p in positions))
+        if len(runs) > 1:
+            prediction.contribution = _contribution(runner, result, {name: results[p] for name, p in runs[1:]})
         predictions.append(prediction)
     mask = request.app.state.settings.mask_pii
-    log.info("predict rows=%d text=%s -> %s (%.1f ms)", len(rows), log_preview(rows[0].text, mask=mask),
-             predictions[0].prediction, 1000 * (time.perf_counter() - started))
+    log.info("predict rows=%d inputs=%s text=%s -> %s (%.1f ms)", len(rows), "+".join(rows[0].values),
+             log_preview(_log_text(rows[0]), mask=mask), predictions[0].prediction,
+             1000 * (time.perf_counter() - started))
     return PredictResponse(predictions=predictions)
 
 
 @api.post("/predict", response_model=PredictResponse, tags=["model"])
 async def predict(request: Request, body: PredictRequest) -> PredictResponse:
-    """Predict one row or a batch (JSON; images base64). Either modality may be left out."""
+    """Predict one row or a batch (JSON; files base64). Any input may be left out."""
     runner = runner_of(request)
     rows = await run_in_threadpool(_json_rows, request, runner, body.rows)
     return await _predict(request, runner, rows, body.top_k, body.explain)
 
 
-@api.post("/predict/upload", response_model=PredictResponse, tags=["model"])
-async def predict_upload(
-    request: Request,
-    image: Annotated[UploadFile | None, File(description="The image file (PNG, JPEG, WebP, GIF, BMP).")] = None,
-    text: Annotated[str | None, Form(description="The text / question.")] = None,
-    top_k: Annotated[int, Form(ge=1, le=MAX_TOP_K)] = 3,
-    explain: Annotated[bool, Form(description="Also score the row without each modality.")] = False,
-) -> PredictResponse:
-    """Predict one row from a multipart form (an image file and/or a text field)."""
+async def predict_upload(request: Request, top_k: int = 3, explain: bool = False, **parts) -> PredictResponse:
+    """Predict one row from a multipart form: a file part per file input (image, audio, ...) and a
+    form field per text input, each optional."""
     runner = runner_of(request)
-    data = None
-    if image is not None and (image.filename or image.size):  # an empty file input means no image
-        data = await image.read()
-    row = await run_in_threadpool(_row, request, runner, data, text, "")
+    values: dict[str, bytes | str | None] = {}
+    for name, modality in MODALITIES.items():
+        part = parts.get(name)
+        if modality.is_file and part is not None:
+            # An empty file input of a browser form (no name, no bytes) means "no file".
+            part = await part.read() if (part.filename or part.size) else None
+        values[name] = part
+    row = await run_in_threadpool(_row, request, runner, values, "")
     return await _predict(request, runner, [row], top_k, explain)
+
+
+def _upload_part(name: str, modality: Modality) -> inspect.Parameter:
+    if modality.is_file:
+        annotation = Annotated[UploadFile | None, File(description=f"{modality.help} The file.")]
+    else:
+        annotation = Annotated[str | None, Form(description=modality.help)]
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+
+
+# FastAPI reads an endpoint's parameters from its signature: one optional part per registered
+# modality, so a new modality is a new form part without a change here.
+predict_upload.__signature__ = inspect.Signature([
+    inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
+    *(_upload_part(name, modality) for name, modality in MODALITIES.items()),
+    inspect.Parameter("top_k", inspect.Parameter.KEYWORD_ONLY, default=3,
+                      annotation=Annotated[int, Form(ge=1, le=MAX_TOP_K)]),
+    inspect.Parameter("explain", inspect.Parameter.KEYWORD_ONLY, default=False,
+                      annotation=Annotated[bool, Form(description="Also score the row without each of its inputs.")]),
+], return_annotation=PredictResponse)
+api.post("/predict/upload", response_model=PredictResponse, tags=["model"])(predict_upload)
 
 
 @api.post("/embed", response_model=EmbedResponse, tags=["model"])

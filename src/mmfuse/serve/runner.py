@@ -34,12 +34,14 @@ class ModelRunner:
         self.task = config.task
         self.labels = list(predictor.labels)
         self.modalities = list(config.modalities())
-        columns = config.data.columns
-        self.column = {m: getattr(columns, m) for m in self.modalities}
+        # The Predictor reads a list of dicts through the configured column names (a built-in data
+        # set's own names are for its own table); a modality bound only by a built-in falls back
+        # to that name.
+        columns, resolved = config.data.columns, config.data.resolved_columns()
+        self.column = {m: getattr(columns, m) or resolved[m] for m in self.modalities}
 
     def __call__(self, rows: list[ModelRow]) -> list[RowResult]:
-        table = [{self.column[m]: getattr(row, m) for m in self.modalities if getattr(row, m) is not None}
-                 for row in rows]
+        table = [{self.column[m]: value for m, value in row.values.items() if m in self.column} for row in rows]
         with capture_fused(getattr(self.predictor, "model", None)) as captured:
             frame, scores = self.predictor.predict_scores(table)
         problems = {bad.row: bad.reason for bad in self.predictor.bad_rows}

@@ -1,7 +1,15 @@
-"""Request and response bodies (pydantic): they are also the OpenAPI schema at /docs."""
+"""Request and response bodies (pydantic): they are also the OpenAPI schema at /docs.
+
+A row has one optional field per registered modality (mmfuse.modalities.MODALITIES), so a new
+modality is accepted by the server without a change here.
+"""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from ..modalities import MODALITIES, Modality
 
 MAX_TOP_K = 50
 
@@ -12,15 +20,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
-class RowIn(_Strict):
-    image: str | None = Field(None, description="The image bytes, base64 (or a data: URL). Absent: no image.")
-    text: str | None = Field(None, description="The text / question. Absent: no text.")
+def describe(modality: Modality) -> str:
+    """The field's description: the modality's help, and how the value travels."""
+    if modality.is_file:
+        return (f"{modality.help} The file's bytes, base64 (or a data: URL). "
+                f"Absent: predict without {modality.name}.")
+    return f"{modality.help} Absent: predict without {modality.name}."
+
+
+# {"image": "<base64>", "text": "...", "audio": "<base64>"}: every field optional.
+RowIn = create_model(
+    "RowIn", __base__=_Strict, __doc__="One row: any of the model's inputs (at least one).",
+    **{name: (str | None, Field(None, description=describe(modality))) for name, modality in MODALITIES.items()})
 
 
 class PredictRequest(_Strict):
     rows: list[RowIn] = Field(..., min_length=1, description="One row or a batch.")
     top_k: int = Field(3, ge=1, le=MAX_TOP_K)
-    explain: bool = Field(False, description="Also score each row without its image and without its text.")
+    explain: bool = Field(False, description="Also score each row (with two inputs or more) without each of its inputs.")
 
 
 class EmbedRequest(_Strict):
@@ -39,12 +56,11 @@ class LabelScore(BaseModel):
 
 
 class Contribution(BaseModel):
-    """The top answer's score with both modalities, and with each one removed."""
+    """The top answer's score with every input the row has, and with each one removed."""
 
     label: str
-    both: float
-    without_image: float
-    without_text: float
+    score: float = Field(description="The label's score with all of the row's inputs.")
+    without: dict[str, float] = Field(description="Modality -> the label's score without that input.")
 
 
 class Prediction(BaseModel):
@@ -73,16 +89,26 @@ class SearchResponse(BaseModel):
     hits: list[Hit]
 
 
+class ModalityInfo(BaseModel):
+    """How to send one of the model's inputs."""
+
+    kind: Literal["file", "text"] = Field(description="file: bytes (base64 in JSON, a file part in multipart); "
+                                                      "text: a string")
+    help: str
+    formats: list[str] = Field(description="Accepted file formats (empty for text).")
+    limits: dict[str, int | float] = Field(description="This server's caps on the input.")
+
+
 class Info(BaseModel):
     task: str
     labels: list[str]
     modalities: list[str]
+    inputs: dict[str, ModalityInfo] = Field(description="Per modality the model takes: how to send it.")
     search: bool
     auth: bool
     max_rows: int
     max_body_bytes: int
-    max_text_chars: int
-    accepted_image_formats: list[str]
+    limits: dict[str, int | float] = Field(description="Every input cap of this server.")
 
 
 class Health(BaseModel):

@@ -1,4 +1,4 @@
-"""/search: query an index (mmfuse index) by text or image through its aligned model.
+"""/search: query an index (mmfuse index) by text or image through its aligned model (image-text only).
 
 The index directory's index.json names the aligned model (`info.model`). Both are loaded in a
 background thread at startup, like the served model. Imported only when --index is given, so a
@@ -20,7 +20,8 @@ from fastapi.concurrency import run_in_threadpool
 from ..data.media import MediaError, open_image
 from ..errors import MmfuseError
 from .errors import ApiError, invalid, unavailable
-from .inputs import ModelRow, check_text, decode_base64, discard, save_image
+from ..modalities import MODALITIES
+from .inputs import ModelRow, check_string, decode_base64, discard, save_upload
 from .schemas import Hit, SearchRequest, SearchResponse
 
 THUMBNAIL_PX = 128
@@ -104,14 +105,15 @@ def attach_search(app: FastAPI, directory: Path) -> None:
         if (body.text is None) == (body.image is None):
             raise invalid("text", "give exactly one of text or image")
         settings = request.app.state.settings
-        text = check_text(body.text, "text", max_chars=settings.max_text_chars)
+        limits = settings.limits()
+        text = None if body.text is None else check_string(MODALITIES["text"], body.text, "text", limits)
         row = ModelRow()
         try:
             if body.image is not None:
-                data = decode_base64(body.image, "image")
-                row.image = await run_in_threadpool(save_image, data, "image", max_pixels=settings.max_pixels,
-                                                    folder=request.app.state.tmp)
-            image = None if row.image is None else row.image.path
+                data = decode_base64(body.image, "image", "image")
+                row.values["image"] = await run_in_threadpool(save_upload, MODALITIES["image"], data, "image",
+                                                              limits=limits, folder=request.app.state.tmp)
+            image = None if row.get("image") is None else row.get("image").path
             hits = await run_in_threadpool(index.query, text, image, body.k)
         except MmfuseError as error:
             raise invalid("image" if body.image is not None else "text", str(error)) from None
