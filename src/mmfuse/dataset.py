@@ -74,10 +74,12 @@ def cache_variant(perturb: dict[str, Callable], modality: str) -> str | None | b
 def build_dataset(frame: pd.DataFrame, encoders: dict[str, Encoder], *, task: str, labels: list[str],
                   data: Any, cache: FeatureCache | None, group_by_image: bool,
                   device: str | torch.device = "cpu",
-                  perturb: dict[str, Callable[[Any, str], Any]] | None = None) -> TableDataset:
+                  perturb: dict[str, Callable[[Any, str], Any]] | None = None,
+                  pooled_only: set[str] | frozenset[str] = frozenset()) -> TableDataset:
     """`perturb[modality](value, key)` alters decoded inputs (robustness curves). A perturbation
     with a `cache_name` is deterministic, so its features go to a cache variant of that name;
-    any other perturbed modality bypasses the cache, whose keys are the clean inputs' content."""
+    any other perturbed modality bypasses the cache, whose keys are the clean inputs' content.
+    `pooled_only`: modalities whose cached tokens the fusion never reads (not loaded)."""
     columns = {}
     perturb = perturb or {}
     for modality, encoder in encoders.items():
@@ -92,7 +94,8 @@ def build_dataset(frame: pd.DataFrame, encoders: dict[str, Encoder], *, task: st
             pass  # every row lacks this modality: batches carry present=False only
         elif not encoder.trainable and cache is not None and cache_variant(perturb, modality) is not False:
             column.features = cache.features(encoder, values, load, device=device,
-                                             variant=cache_variant(perturb, modality))
+                                             variant=cache_variant(perturb, modality),
+                                             tokens=modality not in pooled_only)
             stats = cache.last_stats
             log.info("%s features: %d computed, %d reused from cache, %.1fs", modality,
                      stats["computed"], stats["reused"], stats["seconds"])

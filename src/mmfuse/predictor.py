@@ -88,7 +88,8 @@ class Predictor:
                              data=self.config.data,
                              cache=FeatureCache(self.config.cache_dir) if cache else self.small_request_cache,
                              group_by_image=self.config.train.group_by_image, device=self.device,
-                             perturb=perturb)
+                             perturb=perturb,
+                             pooled_only=set(self.model.encoders) - self.model.fusion.token_modalities())
 
     @property
     def device(self) -> str:

@@ -53,10 +53,13 @@ class FeatureCache:
         return where
 
     def features(self, encoder: Encoder, values: list[Any], load: Callable[[list[Any]], list[Any]],
-                 batch_size: int = 64, device: str | torch.device = "cpu", variant: str | None = None) -> Features:
+                 batch_size: int = 64, device: str | torch.device = "cpu", variant: str | None = None,
+                 tokens: bool = True) -> Features:
         """Features for `values` (unique inputs), computing only the ones not on disk yet.
 
         `load` turns raw values (paths) into what `encoder.prepare` takes (decoded images).
+        tokens=False reads the pooled vectors only (the fusion reads no tokens of this modality:
+        a clip's 100+ frames would only cost memory and gather time).
         """
         start = time.perf_counter()
         keys = [content_hash(encoder.modality, v) for v in values]
@@ -74,7 +77,7 @@ class FeatureCache:
             for key, _ in chunk:
                 where[key] = path
             computed += len(chunk)
-        feats = self._read(keys, where)
+        feats = self._read(keys, where, tokens)
         self.last_stats = {"computed": computed, "reused": len(set(keys)) - computed,
                            "seconds": time.perf_counter() - start}
         return feats
@@ -90,7 +93,7 @@ class FeatureCache:
         return shard
 
     @staticmethod
-    def _read(keys: list[str], where: dict[str, Path]) -> Features:
+    def _read(keys: list[str], where: dict[str, Path], with_tokens: bool = True) -> Features:
         by_shard: dict[Path, list[str]] = {}
         for key in dict.fromkeys(keys):
             by_shard.setdefault(where[key], []).append(key)
@@ -99,7 +102,8 @@ class FeatureCache:
             with safe_open(str(shard), framework="pt") as handle:
                 names = set(handle.keys())
                 for key in wanted:
-                    tokens = handle.get_tensor(f"{key}/tokens") if f"{key}/tokens" in names else None
+                    stored = with_tokens and f"{key}/tokens" in names
+                    tokens = handle.get_tensor(f"{key}/tokens") if stored else None
                     entries[key] = (handle.get_tensor(f"{key}/pooled"), tokens)
         return stack_inputs(keys, entries)
 

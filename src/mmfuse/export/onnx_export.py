@@ -18,9 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from ..encoders.text import HFTextEncoder
@@ -70,13 +68,13 @@ def encoder_features(encoder: nn.Module, prepared: dict[str, Tensor]) -> Feature
 class TowerGraph(nn.Module):
     """One encoder: prepared tensors (in `keys` order) -> pooled [, tokens, mask]."""
 
-    def __init__(self, encoder: nn.Module, keys: list[str]):
+    def __init__(self, encoder: nn.Module, keys: list[str], tokens: bool = True):
         super().__init__()
-        self.encoder, self.keys = encoder, keys
+        self.encoder, self.keys, self.tokens = encoder, keys, tokens
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         feats = encoder_features(self.encoder, dict(zip(self.keys, inputs)))
-        if feats.tokens is None:
+        if feats.tokens is None or not self.tokens:
             return (feats.pooled,)
         return feats.pooled, feats.tokens, feats.mask
 
@@ -99,14 +97,15 @@ class FusionGraph(nn.Module):
 
 
 def example_values(modality: str, encoder: nn.Module) -> list[Any]:
-    """Raw inputs to trace with (texts of several lengths)."""
-    rng = np.random.default_rng(0)
-    if modality == "image":
-        size = encoder.image_size
-        return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(EXAMPLE_ROWS)]
-    if modality == "text":
-        return ["what colour is the shape in this picture", "is it a circle", "how many"][:EXAMPLE_ROWS]
-    raise ConfigError(f"export: no example inputs for modality {modality!r} (image and text are supported)")
+    """Raw inputs to trace with: the modality's own example inputs, decoded (of several sizes)."""
+    import tempfile
+
+    from ..config import DataConfig
+    from ..modalities import MODALITIES
+
+    spec = MODALITIES[modality]
+    with tempfile.TemporaryDirectory() as folder:
+        return spec.load([spec.example_file(Path(folder), i) for i in range(EXAMPLE_ROWS)], DataConfig())
 
 
 @contextmanager
@@ -149,8 +148,9 @@ def export_graphs(model: MultimodalModel, folder: Path) -> dict[str, Any]:
         length = torch.export.Dim(f"{modality}_length") if variable else None
         dynamic = [{0: batch, 1: length} if prepared[k].dim() == 2 else {0: batch} for k in keys]
         feats = encoder_features(encoder, prepared)
-        has_tokens = feats.tokens is not None
-        _export(TowerGraph(encoder, keys), tuple(prepared[k] for k in keys), folder / tower_file(modality),
+        # Tokens only where the fusion reads them (FiLM reads the context's pooled vector only).
+        has_tokens = feats.tokens is not None and modality in model.fusion.token_modalities()
+        _export(TowerGraph(encoder, keys, has_tokens), tuple(prepared[k] for k in keys), folder / tower_file(modality),
                 input_names=keys, output_names=tower_outputs(has_tokens), dynamic=dynamic)
         towers[modality] = {"file": tower_file(modality), "inputs": keys}
         layout[modality] = {"dim": feats.dim, "tokens": has_tokens,

@@ -49,6 +49,10 @@ class Fusion(nn.Module):
     def forward(self, feats: dict[str, Features]) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def token_modalities(self) -> set[str]:
+        """The modalities whose tokens this strategy reads (the others' cached tokens are not loaded)."""
+        return set(self.modalities)
+
     def modality_weights(self) -> dict[str, float] | None:
         """Learned per-modality weights where the strategy has them (late, weighted_sum...)."""
         return None

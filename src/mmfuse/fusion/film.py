@@ -37,6 +37,9 @@ class FiLMFusion(TargetContextFusion):
         # gamma and beta from one MLP per context; 1 + gamma so that gamma = 0 means "no modulation".
         self.film = nn.ModuleDict({m: mlp(in_dims[m], dim, 2 * dim) for m in self.contexts})
 
+    def token_modalities(self) -> set[str]:
+        return {self.target} if self.target is not None else set()  # contexts: pooled vectors only
+
     def fuse(self, tokens: Tensor, mask: Tensor, ctx: dict[str, Features]) -> Tensor:
         x = self.token_proj(tokens)  # (B, T, dim)
         if ctx:

@@ -62,7 +62,7 @@ class AudioModality(Modality):
         import soundfile
 
         path = Path(folder) / f"example-{index}.wav"
-        t = np.arange(int(0.5 * SAMPLE_RATE)) / SAMPLE_RATE
+        t = np.arange(int((0.5 + 0.25 * index) * SAMPLE_RATE)) / SAMPLE_RATE  # of several lengths
         soundfile.write(path, (0.3 * np.sin(2 * np.pi * (220 + 40 * index) * t)).astype(np.float32), SAMPLE_RATE)
         return path
 

@@ -62,4 +62,6 @@ class TextModality(Modality):
         return {"max_tokens": spec.max_tokens}
 
     def example_file(self, folder, index: int) -> str:
-        return f"what shape is in example {index}?"
+        # Of several lengths, so an exported text tower keeps its length axis dynamic.
+        return ("what colour is the shape in this picture", "is it a circle", "how many")[index % 3] + \
+            " ?" * (index // 3)

@@ -36,8 +36,10 @@ class FeatureLRU:
         return len(self._items)
 
     def features(self, encoder: Encoder, values: list[Any], load: Callable[[list[Any]], list[Any]],
-                 batch_size: int = 64, device: str | torch.device = "cpu", variant: str | None = None) -> Features:
-        """Features for `values` (unique inputs), running the encoder only on the ones not held."""
+                 batch_size: int = 64, device: str | torch.device = "cpu", variant: str | None = None,
+                 tokens: bool = True) -> Features:
+        """Features for `values` (unique inputs), running the encoder only on the ones not held
+        (tokens=False: the pooled vectors only, as FeatureCache.features)."""
         start = time.perf_counter()
         scope = f"{encoder.modality}-{encoder.fingerprint()}-{variant}"
         keys = [(scope, content_hash(encoder.modality, v)) for v in values]
@@ -50,6 +52,8 @@ class FeatureLRU:
             self._remember(key, entry)
         self.last_stats = {"computed": len(missing), "reused": len(set(keys)) - len(missing),
                            "seconds": time.perf_counter() - start}
+        if not tokens:
+            found = {k: (pooled, None) for k, (pooled, _) in found.items()}
         return stack_inputs(keys, found)
 
     def _remember(self, key: tuple[str, str], entry: Entry) -> None:
