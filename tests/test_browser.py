@@ -1,6 +1,8 @@
-"""The web page end to end in headless Debian chromium: upload, ask, read the answer."""
+"""The web page end to end in headless Debian chromium: upload, ask, read the answer; record audio
+from chromium's fake microphone."""
 from __future__ import annotations
 
+import base64
 import os
 import tempfile
 from pathlib import Path
@@ -12,6 +14,7 @@ from mmfuse import Predictor
 from mmfuse.serve import ServeSettings, create_app
 from mmfuse.serve.local import running
 from test_serve import QUESTION, build_tiny_model, wait_ready
+from test_serve_audio import build_all_modalities_model
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -29,7 +32,10 @@ def browser():
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={profile}", "--window-size=900,1100"):
+                 f"--user-data-dir={profile}", "--window-size=900,1100",
+                 # A microphone without a person: no permission prompt, a generated test signal.
+                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                 "--autoplay-policy=no-user-gesture-required"):
         options.add_argument(flag)
     # A Service with an explicit driver path: Selenium Manager never looks for (or downloads) one.
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
@@ -64,8 +70,9 @@ def test_upload_ask_and_see_the_answer(tmp_path, browser):
         browser.get(url + "/")
         wait = WebDriverWait(browser, 30)
         wait.until(EC.text_to_be_present_in_element((By.ID, "model-info"), "labels"))
+        assert not browser.find_elements(By.ID, "audio")  # only the model's own inputs are shown
         browser.find_element(By.ID, "image").send_keys(str(image))
-        wait.until(lambda driver: driver.find_element(By.ID, "preview").is_displayed())
+        wait.until(lambda driver: driver.find_element(By.ID, "preview-image").is_displayed())
         browser.find_element(By.ID, "text").send_keys(question)
         browser.find_element(By.ID, "ask").click()
         wait.until(EC.visibility_of_element_located((By.ID, "result")))
@@ -73,6 +80,7 @@ def test_upload_ask_and_see_the_answer(tmp_path, browser):
         shown = [li.find_element(By.CLASS_NAME, "label").text for li in browser.find_elements(By.CSS_SELECTOR, "#topk li")]
         probabilities = [li.find_element(By.CLASS_NAME, "prob").text for li in browser.find_elements(By.CSS_SELECTOR, "#topk li")]
         contribution = browser.find_element(By.ID, "c-no-image").text
+        assert browser.find_element(By.ID, "c-no-text").text.endswith("%")
         ARTIFACTS.mkdir(exist_ok=True)
         assert browser.save_screenshot(str(ARTIFACTS / "browser.png"))
     assert answer in labels
@@ -82,3 +90,96 @@ def test_upload_ask_and_see_the_answer(tmp_path, browser):
     assert contribution.endswith("%")
     assert not browser.find_element(By.ID, "error").is_displayed()
     assert (ARTIFACTS / "browser.png").stat().st_size > 5000
+
+
+# ----- audio: a file, and a recording from the (fake) microphone ------------------------------------
+
+@pytest.fixture(scope="module")
+def audio_model(tmp_path_factory) -> tuple[Path, list[dict]]:
+    return build_all_modalities_model(tmp_path_factory.mktemp("browser-audio"))
+
+
+def open_page(browser, url: str):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with httpx.Client(base_url=url, timeout=30) as client:
+        wait_ready(client)
+    browser.get(url + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(EC.text_to_be_present_in_element((By.ID, "model-info"), "labels"))
+    return wait
+
+
+def ask_and_read(browser, wait) -> tuple[str, dict[str, str]]:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+
+    browser.find_element(By.ID, "ask").click()
+    wait.until(lambda driver: driver.find_element(By.ID, "result").is_displayed()
+               or driver.find_element(By.ID, "error").is_displayed())
+    assert not browser.find_element(By.ID, "error").is_displayed(), browser.find_element(By.ID, "error").text
+    wait.until(EC.visibility_of_element_located((By.ID, "result")))
+    cells = {cell.get_attribute("id"): cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "#contribution td")}
+    return browser.find_element(By.ID, "answer").text, cells
+
+
+def test_an_audio_file_on_the_page(audio_model, browser):
+    from selenium.webdriver.common.by import By
+
+    model_dir, rows = audio_model
+    labels = Predictor.load(model_dir).labels
+    with running(create_app(ServeSettings(model_dir=model_dir))) as url:
+        wait = open_page(browser, url)
+        assert {"image", "text", "audio", "record-audio"} <= {e.get_attribute("id") for e in
+                                                            browser.find_elements(By.CSS_SELECTOR, "#inputs [id]")}
+        browser.find_element(By.ID, "audio").send_keys(rows[4]["audio"])
+        wait.until(lambda driver: driver.find_element(By.ID, "preview-audio").is_displayed())
+        answer, alone = ask_and_read(browser, wait)
+        assert answer in labels and alone == {}  # one input: nothing to take away
+        browser.find_element(By.ID, "text").send_keys(rows[4]["text"])
+        answer, cells = ask_and_read(browser, wait)
+    assert answer in labels
+    assert set(cells) == {"c-all", "c-no-text", "c-no-audio"} and all(v.endswith("%") for v in cells.values())
+
+
+def test_record_from_the_microphone_and_predict(audio_model, browser):
+    from selenium.webdriver.common.by import By
+
+    from mmfuse.data.audio_media import decode_audio_bytes
+
+    model_dir, _ = audio_model
+    labels = Predictor.load(model_dir).labels
+    with running(create_app(ServeSettings(model_dir=model_dir))) as url:
+        wait = open_page(browser, url)
+        record = browser.find_element(By.ID, "record-audio")
+        record.click()
+        wait.until(lambda driver: "recording" in driver.find_element(By.ID, "record-status-audio").text)
+        wait.until(lambda driver: float(driver.find_element(By.ID, "record-status-audio").text.split()[1]) >= 1.2)
+        record.click()
+        wait.until(lambda driver: "recorded" in driver.find_element(By.ID, "record-status-audio").text)
+        assert browser.find_element(By.ID, "preview-audio").is_displayed()
+        # The file the page will send: read it back out of the file input.
+        encoded = browser.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            const file = document.getElementById("audio").files[0];
+            file.arrayBuffer().then((buffer) => {
+              let text = "";
+              for (const byte of new Uint8Array(buffer)) text += String.fromCharCode(byte);
+              done([file.name, file.type, btoa(text)]);
+            });
+        """)
+        answer, _ = ask_and_read(browser, wait)
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "browser-audio.png"))
+    name, kind, data = encoded[0], encoded[1], base64.b64decode(encoded[2])
+    assert name == "recording.wav" and kind == "audio/wav"
+    assert data[:4] == b"RIFF" and data[8:16] == b"WAVEfmt "
+    channels, rate, bits = int.from_bytes(data[22:24], "little"), int.from_bytes(data[24:28], "little"), \
+        int.from_bytes(data[34:36], "little")
+    assert (channels, rate, bits) == (1, 16_000, 16)
+    wave = decode_audio_bytes(data, max_seconds=30, sample_rate=16_000)
+    assert 1.0 <= len(wave) / 16_000 <= 10
+    assert float(abs(wave).max()) > 0.01  # chromium's fake microphone beeps: real samples were collected
+    assert answer in labels

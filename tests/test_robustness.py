@@ -1,7 +1,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import tiny_config

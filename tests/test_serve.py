@@ -100,6 +100,18 @@ def test_upload_with_explain_gives_each_modality_contribution(server, predictor,
     assert single["predictions"][0]["contribution"] is None
 
 
+def test_a_model_without_audio_refuses_an_audio_input(server, tmp_path):
+    from mmfuse.modalities import MODALITIES
+
+    clip = Path(MODALITIES["audio"].example_file(tmp_path, 0)).read_bytes()
+    response = server.post("/predict", json={"rows": [{"text": QUESTION, "audio": base64.b64encode(clip).decode()}]})
+    assert response.status_code == 422 and response.json()["field"] == "rows[0].audio"
+    assert "takes no audio" in response.json()["message"]
+    response = server.post("/predict/upload", files={"audio": ("a.wav", clip, "audio/wav")}, data={"text": QUESTION})
+    assert response.status_code == 422 and response.json()["field"] == "audio"
+    assert "takes no audio" in response.json()["message"]
+
+
 def test_embed_is_the_heads_input(server, predictor, tiny_model):
     rows = [{"image": b64(tiny_model[1][2]), "text": QUESTION}, {"text": "is the square blue?"}]
     embedded = server.post("/embed", json={"rows": rows}).json()

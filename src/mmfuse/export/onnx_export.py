@@ -22,7 +22,6 @@ import torch
 from torch import Tensor, nn
 
 from ..encoders.text import HFTextEncoder
-from ..errors import ConfigError
 from ..features import Features, masked_mean
 from ..model import MultimodalModel
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field
 
 from .base import Decoded, EncoderSpec, Modality, register_modality
 
@@ -44,6 +43,7 @@ class AudioModality(Modality):
     encoder_config = AudioEncoderConfig
     limits = {"max_audio_seconds": (float, 30.0, "longest accepted clip, read from the header before decoding")}
     noises = {"white_noise": white_noise, "time_mask": time_mask}
+    formats = ("WAV", "FLAC", "OGG")
     help = "One audio file (WAV, FLAC or OGG; resampled to 16 kHz mono)."
 
     def decode(self, value: Any, data: Any) -> np.ndarray:

@@ -62,6 +62,7 @@ class Modality:
     # A file modality's cells are paths (and it arrives at the server as bytes: base64 in JSON, a
     # file in multipart); otherwise a cell is the value itself (text).
     is_file: ClassVar[bool] = True
+    formats: ClassVar[tuple[str, ...]] = ()  # file formats an upload may be in (server /info)
     help: ClassVar[str] = ""  # one line for `mmfuse predict --<name>` and the server schema
 
     # -- table cells --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from ..modalities import MODALITIES
 from .batcher import MicroBatcher
 from .errors import install_handlers
 from .limits import BodyLimit
@@ -57,7 +58,7 @@ def create_app(settings: ServeSettings, *, load: Callable[[], Any] | None = None
             await batcher.stop()
             shutil.rmtree(app.state.tmp, ignore_errors=True)
 
-    app = FastAPI(title="mmfuse", summary="Multimodal (image + text) model server", lifespan=lifespan)
+    app = FastAPI(title="mmfuse", summary="Multimodal model server (" + " + ".join(MODALITIES) + ")", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.model = ModelState(load or _default_loader(settings))

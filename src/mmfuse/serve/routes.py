@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import re
 import time
 from typing import Annotated
 
@@ -72,25 +71,13 @@ def runner_of(request: Request) -> ModelRunner:
     return state.runner
 
 
-def formats(modality: Modality) -> list[str]:
-    """The file formats an upload of `modality` may be in: the spec's `formats`, or else the
-    upper-case names its one-line help gives in parentheses ("One audio file (WAV, FLAC or OGG; ...)")."""
-    declared = getattr(modality, "formats", None)
-    if declared is not None:
-        return list(declared)
-    if not modality.is_file:
-        return []
-    inside = re.search(r"\(([^)]*)\)", modality.help)
-    return re.findall(r"\b[A-Z][A-Z0-9]+\b", inside.group(1)) if inside else []
-
-
 @api.get("/info", response_model=Info)
 def info(request: Request) -> Info:
     """What the model expects and answers, how to send each input, and the server's input limits."""
     settings, runner = request.app.state.settings, runner_of(request)
     limits = settings.limits()
     inputs = {name: ModalityInfo(kind="file" if MODALITIES[name].is_file else "text", help=MODALITIES[name].help,
-                                 formats=formats(MODALITIES[name]),
+                                 formats=list(MODALITIES[name].formats),
                                  limits={k: v for k, v in limits.items() if k in MODALITIES[name].limits})
               for name in runner.modalities}
     return Info(task=runner.task, labels=runner.labels, modalities=runner.modalities, inputs=inputs,

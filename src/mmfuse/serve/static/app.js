@@ -1,9 +1,15 @@
-// The mmfuse page: ask the model about an image + text, show top-k and modality contributions,
-// and search the index when the server has one. Plain DOM, no build step.
+// The mmfuse page: ask the model about its inputs (one per modality it takes, from /info: image,
+// text, audio, ...), show top-k and each input's contribution, and search the index when the
+// server has one. Audio can also be recorded from the microphone: Web Audio collects Float32
+// samples and they are sent as a 16-bit PCM mono WAV (the server decodes WAV / FLAC / OGG, not the
+// WebM / Opus of MediaRecorder). Plain DOM, no build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 let token = sessionStorage.getItem("mmfuse-token") || "";
+let info = null; // the server's /info once loaded
+
+const RECORD_RATE = 16000; // the rate of the WAV we send (the models' rate; smaller uploads)
 
 function headers() {
   return token ? { Authorization: "Bearer " + token } : {};
@@ -26,13 +32,264 @@ function showError(error) {
 }
 
 const percent = (x) => (100 * x).toFixed(1) + "%";
+const title = (word) => word[0].toUpperCase() + word.slice(1);
+const article = (word) => (/^[aeiou]/i.test(word) ? "an " : "a ") + word;
+
+function element(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "class") node.className = value;
+    else if (key in node) node[key] = value;
+    else node.setAttribute(key, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+// ----- the inputs, built from /info ------------------------------------------------------------
+
+// File extensions for the file chooser, from the accepted format names.
+const EXTRA_EXTENSIONS = { JPEG: [".jpg"], OGG: [".oga", ".opus"], WAV: [".wave"] };
+
+function acceptFor(name, input) {
+  if (!input.formats.length) return name + "/*";
+  return input.formats.flatMap((f) => ["." + f.toLowerCase(), ...(EXTRA_EXTENSIONS[f] || [])]).join(",");
+}
+
+function previewOf(name) {
+  // Images and sounds can be shown; other files only by name.
+  if (name === "image") return element("img", { id: "preview-" + name, class: "preview", alt: "", hidden: true });
+  if (name === "audio") return element("audio", { id: "preview-" + name, class: "preview", controls: true, hidden: true });
+  return element("span", { id: "preview-" + name, hidden: true });
+}
+
+function fileInput(name, input) {
+  const file = element("input", { id: name, name, type: "file", accept: acceptFor(name, input) });
+  const hint = element("span", { id: "hint-" + name, class: "drop-hint" },
+    `Drop ${article(name)} file here, or click to choose one`);
+  const drop = element("label", { id: "drop-" + name, class: "drop", htmlFor: name, tabIndex: 0 }, hint, file);
+  const field = element("div", { id: "field-" + name, class: "field" }, element("span", { class: "name" }, title(name)), drop);
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    if (e.dataTransfer.files[0]) setFile(name, e.dataTransfer.files[0]);
+  });
+  file.addEventListener("change", () => showFile(name, file.files[0]));
+  const row = element("div", { class: "file-row" }, previewOf(name));
+  if (name === "audio") row.append(...recordControls(name, input));
+  field.append(row, element("p", { class: "muted help" }, input.help));
+  return field;
+}
+
+function textInput(name, input) {
+  const max = Object.entries(input.limits).find(([key]) => key.endsWith("_chars"));
+  const box = element("input", { id: name, name, type: "text", placeholder: input.help });
+  if (max) box.maxLength = max[1];
+  const label = element("label", { htmlFor: name, class: "name" }, title(name));
+  return element("div", { id: "field-" + name, class: "field" }, label, box);
+}
+
+function buildInputs() {
+  const inputs = $("inputs");
+  inputs.replaceChildren();
+  for (const name of info.modalities) {
+    const input = info.inputs[name];
+    inputs.append(input.kind === "file" ? fileInput(name, input) : textInput(name, input));
+  }
+}
+
+function setFile(name, file) {
+  const transfer = new DataTransfer();
+  transfer.items.add(file);
+  $(name).files = transfer.files;
+  showFile(name, file);
+}
+
+function showFile(name, file) {
+  const preview = $("preview-" + name);
+  if (!file) return;
+  if (preview.tagName === "SPAN") preview.textContent = file.name;
+  else preview.src = URL.createObjectURL(file);
+  preview.hidden = false;
+  $("hint-" + name).textContent = file.name;
+}
+
+// ----- recording: microphone -> Float32 samples -> 16-bit PCM mono WAV ----------------------------
+
+// An AudioWorklet that hands each render quantum (mixed down to mono) to the page.
+const COLLECTOR = `
+class MmfuseCollect extends AudioWorkletProcessor {
+  process(inputs) {
+    const channels = inputs[0];
+    if (channels && channels.length) {
+      const mono = new Float32Array(channels[0].length);
+      for (const channel of channels) for (let i = 0; i < mono.length; i++) mono[i] += channel[i] / channels.length;
+      this.port.postMessage(mono, [mono.buffer]);
+    }
+    return true;
+  }
+}
+registerProcessor("mmfuse-collect", MmfuseCollect);
+`;
+
+const recording = { active: null }; // {stream, context, nodes, chunks, rate, timer}
+
+function recordControls(name, input) {
+  const button = element("button", { id: "record-" + name, type: "button", class: "record" }, "● Record");
+  const status = element("span", { id: "record-status-" + name, class: "muted" });
+  const maxSeconds = input.limits.max_audio_seconds || 30;
+  button.addEventListener("click", async () => {
+    showError(null);
+    try {
+      if (recording.active) await stopRecording(name);
+      else await startRecording(name, maxSeconds);
+    } catch (error) {
+      await cleanupRecording().catch(() => {});
+      button.textContent = "● Record";
+      button.classList.remove("on");
+      status.textContent = "";
+      showError("recording: " + (error.message || error));
+    }
+  });
+  if (!(navigator.mediaDevices && navigator.mediaDevices.getUserMedia)) {
+    button.disabled = true;
+    status.textContent = "recording needs https (or localhost)";
+  }
+  return [button, status];
+}
+
+async function audioContext(stream) {
+  // Ask for 16 kHz so the browser resamples with its own filter; fall back to the device rate
+  // (and resample below) where a context cannot take a stream at another rate.
+  for (const options of [{ sampleRate: RECORD_RATE }, {}]) {
+    let context;
+    try {
+      context = new AudioContext(options);
+      return { context, source: context.createMediaStreamSource(stream) };
+    } catch (error) {
+      if (context) context.close();
+    }
+  }
+  throw new Error("this browser cannot read the microphone stream");
+}
+
+async function startRecording(name, maxSeconds) {
+  const stream = await navigator.mediaDevices.getUserMedia({
+    audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+  });
+  const { context, source } = await audioContext(stream);
+  const state = { stream, context, chunks: [], rate: context.sampleRate, nodes: [source], timer: null };
+  recording.active = state;
+  const silent = context.createGain(); // keeps the graph pulled without playing the microphone back
+  silent.gain.value = 0;
+  silent.connect(context.destination);
+  state.nodes.push(silent);
+  if (context.audioWorklet && window.AudioWorkletNode) {
+    const url = URL.createObjectURL(new Blob([COLLECTOR], { type: "text/javascript" }));
+    await context.audioWorklet.addModule(url);
+    URL.revokeObjectURL(url);
+    const node = new AudioWorkletNode(context, "mmfuse-collect", { numberOfOutputs: 1, channelCount: 1 });
+    node.port.onmessage = (event) => state.chunks.push(event.data);
+    source.connect(node).connect(silent);
+    state.nodes.push(node);
+  } else { // older browsers: the deprecated ScriptProcessorNode
+    const node = context.createScriptProcessor(4096, 1, 1);
+    node.onaudioprocess = (event) => state.chunks.push(new Float32Array(event.inputBuffer.getChannelData(0)));
+    source.connect(node).connect(silent);
+    state.nodes.push(node);
+  }
+  await context.resume();
+  const started = performance.now();
+  $("record-" + name).textContent = "■ Stop";
+  $("record-" + name).classList.add("on");
+  state.timer = setInterval(() => {
+    const seconds = (performance.now() - started) / 1000;
+    $("record-status-" + name).textContent = `recording… ${seconds.toFixed(1)} s (max ${maxSeconds} s)`;
+    if (seconds >= maxSeconds) stopRecording(name).catch(showError);
+  }, 100);
+  state.maxSeconds = maxSeconds;
+}
+
+async function cleanupRecording() {
+  const state = recording.active;
+  recording.active = null;
+  if (!state) return null;
+  clearInterval(state.timer);
+  for (const node of state.nodes) node.disconnect();
+  for (const track of state.stream.getTracks()) track.stop();
+  await state.context.close();
+  return state;
+}
+
+async function stopRecording(name) {
+  const state = await cleanupRecording();
+  $("record-" + name).textContent = "● Record";
+  $("record-" + name).classList.remove("on");
+  if (!state) return;
+  const length = state.chunks.reduce((n, chunk) => n + chunk.length, 0);
+  const samples = new Float32Array(length);
+  let offset = 0;
+  for (const chunk of state.chunks) { samples.set(chunk, offset); offset += chunk.length; }
+  const wave = resample(samples, state.rate, RECORD_RATE).subarray(0, Math.floor(state.maxSeconds * RECORD_RATE));
+  if (!wave.length) throw new Error("nothing was recorded");
+  const file = new File([encodeWav(wave, RECORD_RATE)], "recording.wav", { type: "audio/wav" });
+  setFile(name, file);
+  $("record-status-" + name).textContent = `recorded ${(wave.length / RECORD_RATE).toFixed(1)} s`;
+}
+
+function resample(samples, from, to) {
+  if (from === to) return samples;
+  const out = new Float32Array(Math.floor((samples.length * to) / from));
+  const step = from / to;
+  for (let i = 0; i < out.length; i++) {
+    if (step > 1) { // down: the mean over each output sample's span (a crude low-pass)
+      const start = Math.floor(i * step), end = Math.max(start + 1, Math.floor((i + 1) * step));
+      let sum = 0;
+      for (let j = start; j < end && j < samples.length; j++) sum += samples[j];
+      out[i] = sum / (end - start);
+    } else { // up: linear interpolation
+      const x = i * step, j = Math.floor(x), f = x - j;
+      out[i] = samples[j] + ((samples[Math.min(j + 1, samples.length - 1)] - samples[j]) * f);
+    }
+  }
+  return out;
+}
+
+function encodeWav(samples, rate) {
+  const view = new DataView(new ArrayBuffer(44 + 2 * samples.length));
+  const ascii = (offset, text) => { for (let i = 0; i < text.length; i++) view.setUint8(offset + i, text.charCodeAt(i)); };
+  ascii(0, "RIFF");
+  view.setUint32(4, 36 + 2 * samples.length, true);
+  ascii(8, "WAVE");
+  ascii(12, "fmt ");
+  view.setUint32(16, 16, true); // fmt chunk size
+  view.setUint16(20, 1, true); // PCM
+  view.setUint16(22, 1, true); // mono
+  view.setUint32(24, rate, true);
+  view.setUint32(28, 2 * rate, true); // bytes per second
+  view.setUint16(32, 2, true); // bytes per frame
+  view.setUint16(34, 16, true); // bits per sample
+  ascii(36, "data");
+  view.setUint32(40, 2 * samples.length, true);
+  for (let i = 0; i < samples.length; i++) {
+    const s = Math.max(-1, Math.min(1, samples[i]));
+    view.setInt16(44 + 2 * i, s < 0 ? s * 0x8000 : s * 0x7fff, true);
+  }
+  return new Blob([view.buffer], { type: "audio/wav" });
+}
+
+// ----- asking ---------------------------------------------------------------------------------
 
 async function loadInfo() {
   try {
-    const info = await call("/info");
+    info = await call("/info");
     $("auth").hidden = true;
     $("model-info").textContent = `${info.task} model, ${info.labels.length} labels, inputs: ${info.modalities.join(" + ")}`;
     $("search").hidden = !info.search;
+    buildInputs();
+    $("ask").disabled = false;
   } catch (error) {
     $("model-info").textContent = "model not available: " + error.message;
     if (!$("auth").hidden) return;
@@ -40,40 +297,27 @@ async function loadInfo() {
   }
 }
 
-function setImage(file) {
-  if (!file) return;
-  const transfer = new DataTransfer();
-  transfer.items.add(file);
-  $("image").files = transfer.files;
-  $("preview").src = URL.createObjectURL(file);
-  $("preview").hidden = false;
-  $("drop-hint").textContent = file.name;
-}
-
 function showPrediction(prediction) {
   $("answer").textContent = prediction.prediction;
   const list = $("topk");
   list.replaceChildren();
   for (const { label, score } of prediction.top) {
-    const item = document.createElement("li");
-    const name = document.createElement("span");
-    name.className = "label";
-    name.textContent = label;
-    const bar = document.createElement("span");
-    bar.className = "bar";
+    const bar = element("span", { class: "bar" });
     bar.style.width = Math.max(1, Math.round(200 * score)) + "px";
-    const value = document.createElement("span");
-    value.className = "prob";
-    value.textContent = percent(score);
-    item.append(name, bar, value);
-    list.append(item);
+    list.append(element("li", {}, element("span", { class: "label" }, label), bar,
+      element("span", { class: "prob" }, percent(score))));
   }
   const c = prediction.contribution;
-  $("contribution").hidden = !c;
+  $("contribution-box").hidden = !c;
+  const rows = $("contribution").tBodies[0];
+  rows.replaceChildren();
   if (c) {
-    $("c-both").textContent = percent(c.both);
-    $("c-no-image").textContent = percent(c.without_image);
-    $("c-no-text").textContent = percent(c.without_text);
+    const used = Object.keys(c.without);
+    rows.append(element("tr", {}, element("th", {}, used.join(" + ")), element("td", { id: "c-all" }, percent(c.score))));
+    for (const name of used) {
+      rows.append(element("tr", {}, element("th", {}, "without the " + name),
+        element("td", { id: "c-no-" + name }, percent(c.without[name]))));
+    }
   }
   $("result").hidden = false;
 }
@@ -81,12 +325,19 @@ function showPrediction(prediction) {
 async function ask(event) {
   event.preventDefault();
   showError(null);
+  if (!info) return;
+  if (recording.active) return showError("stop the recording first");
   const form = new FormData();
-  const file = $("image").files[0];
-  const text = $("text").value.trim();
-  if (file) form.append("image", file);
-  if (text) form.append("text", text);
-  if (!file && !text) return showError("give an image, a text, or both");
+  for (const name of info.modalities) {
+    if (info.inputs[name].kind === "file") {
+      const file = $(name).files[0];
+      if (file) form.append(name, file);
+    } else {
+      const text = $(name).value.trim();
+      if (text) form.append(name, text);
+    }
+  }
+  if (![...form.keys()].length) return showError("give at least one input: " + info.modalities.join(", "));
   form.append("top_k", "5");
   form.append("explain", "true");
   $("ask").disabled = true;
@@ -114,17 +365,10 @@ async function search(event) {
     const gallery = $("gallery");
     gallery.replaceChildren();
     for (const hit of body.hits) {
-      const figure = document.createElement("figure");
-      if (hit.image_url) {
-        const img = document.createElement("img");
-        img.src = hit.image_url;
-        img.alt = "hit " + hit.id;
-        figure.append(img);
-      }
-      const caption = document.createElement("figcaption");
+      const figure = element("figure");
+      if (hit.image_url) figure.append(element("img", { src: hit.image_url, alt: "hit " + hit.id }));
       const words = Object.entries(hit.metadata).filter(([k]) => k !== "image").map(([, v]) => v).join(" · ");
-      caption.textContent = `${hit.score.toFixed(3)} ${words}`;
-      figure.append(caption);
+      figure.append(element("figcaption", {}, `${hit.score.toFixed(3)} ${words}`));
       gallery.append(figure);
     }
   } catch (error) {
@@ -132,14 +376,6 @@ async function search(event) {
   }
 }
 
-const drop = $("drop");
-drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
-drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); setImage(e.dataTransfer.files[0]); });
-$("image").addEventListener("change", () => {
-  const file = $("image").files[0];
-  if (file) { $("preview").src = URL.createObjectURL(file); $("preview").hidden = false; $("drop-hint").textContent = file.name; }
-});
 $("ask-form").addEventListener("submit", ask);
 $("search-form").addEventListener("submit", search);
 $("token-save").addEventListener("click", () => {
