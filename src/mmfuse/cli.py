@@ -147,30 +147,39 @@ def predict(
             typer.echo(f"  {bad}", err=True)
 
 
-def _with_modality_options(command):
-    """One `--<modality>` option per registered modality (a path for file modalities), so a new
-    modality reaches `mmfuse predict` by being registered."""
-    from .modalities import MODALITIES
-
-    signature = inspect.signature(command)
-    fixed = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
-                               annotation=Optional[Path] if spec.is_file else Optional[str],
-                               default=typer.Option(None, help=spec.help + " (single-row prediction)"))
-             for name, spec in MODALITIES.items()]
+def _with_options(command, extra: list[inspect.Parameter]):
+    """`command` with keyword options built at run time (its **kwargs receives them): typer reads
+    the signature, so options that come from the registry need no line here."""
+    fixed = [p for p in inspect.signature(command).parameters.values() if p.kind is not p.VAR_KEYWORD]
 
     def run(**kwargs):
-        fixed_names = {p.name for p in fixed}
-        return command(**{k: v for k, v in kwargs.items() if k in fixed_names},
-                       **{k: v for k, v in kwargs.items() if k not in fixed_names})
+        return command(**kwargs)
 
-    run.__signature__ = signature.replace(parameters=fixed + extra)
-    run.__doc__ = command.__doc__
-    run.__name__ = command.__name__
+    run.__signature__ = inspect.Signature(fixed + extra)
+    run.__doc__, run.__name__ = command.__doc__, command.__name__
     return run
 
 
-app.command("predict")(_with_modality_options(predict))
+def _modality_options() -> list[inspect.Parameter]:
+    """One `--<modality>` option per registered modality (a path for file modalities)."""
+    from .modalities import MODALITIES
+
+    return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                              annotation=Optional[Path] if spec.is_file else Optional[str],
+                              default=typer.Option(None, help=spec.help + " (single-row prediction)"))
+            for name, spec in MODALITIES.items()]
+
+
+def _limit_options() -> list[inspect.Parameter]:
+    """One `--max-...` option per input cap a registered modality declares (server defaults)."""
+    from .serve.settings import limit_fields
+
+    return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+                              default=typer.Option(default, help=f"{modality}: {meaning}."))
+            for name, (modality, kind, default, meaning) in limit_fields().items()]
+
+
+app.command("predict")(_with_options(predict, _modality_options()))
 
 
 @data_app.command("check")
@@ -199,7 +208,6 @@ def data_check(
         raise typer.Exit(2)
 
 
-@app.command()
 def serve(
     model: Path = typer.Argument(..., help="A model directory to serve."),
     index: Optional[Path] = typer.Option(None, help="An index directory (mmfuse index): adds /search."),
@@ -212,10 +220,9 @@ def serve(
     max_queue: int = typer.Option(256, help="Waiting requests before answering 503 + Retry-After."),
     max_rows: int = typer.Option(64, help="Most rows in one request."),
     max_body_mb: float = typer.Option(8.0, help="Request body cap in MiB (enforced while reading)."),
-    max_pixels: int = typer.Option(25_000_000, help="Image pixel cap, read from the header before decoding."),
-    max_text_chars: int = typer.Option(2_000, help="Longest accepted text."),
     timeout: float = typer.Option(30.0, help="Seconds a request may take, queueing included (then 504)."),
     mask_pii: bool = typer.Option(False, help="Mask emails, phone and id numbers in logged texts."),
+    **limits: Any,
 ) -> None:
     """Serve a model over HTTP: predict, embed, search, health, metrics, OpenAPI docs and a web page."""
     from .serve import ServeSettings
@@ -225,11 +232,14 @@ def serve(
     settings = ServeSettings(model_dir=model, index_dir=index, host=host, port=port,
                              token=load_token(token_file), max_batch=max_batch, max_wait_ms=max_wait_ms,
                              batching=batching, max_queue=max_queue, max_rows=max_rows,
-                             max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels,
-                             max_text_chars=max_text_chars, timeout_s=timeout, mask_pii=mask_pii)
+                             max_body_bytes=int(max_body_mb * 1024 * 1024), timeout_s=timeout, mask_pii=mask_pii,
+                             **limits)
     if not (model / "config.yaml").is_file():
         raise MmfuseError(f"{model}: not a model directory (no config.yaml)")
     run_server(settings.check())
+
+
+app.command("serve")(_with_options(serve, _limit_options()))
 
 
 # ----- alignment: a shared image-text space, its FAISS index and search ---------------------------

@@ -178,8 +178,12 @@ class Predictor:
         return frame, self.model.head.scores(outputs)
 
     def predict(self, data: Any, *, top_k: int = 3) -> pd.DataFrame:
-        """One output row per good input row: `row`, `prediction`, and top-k labels with scores."""
-        frame, scores = self.predict_scores(data)
+        """One output row per good input row: `row`, `prediction`, and top-k labels with scores.
+        Every row bad: an empty frame (the reasons are in `bad_rows`)."""
+        frame = self.read(data, labelled=False)
+        if frame.empty:
+            return pd.DataFrame({"row": pd.Series(dtype="int64"), "prediction": pd.Series(dtype="object")})
+        frame, scores = self.predict_scores(frame)
         out = pd.DataFrame({"row": frame["row"].to_numpy()})
         if self.config.task == "regression":
             out["prediction"] = scores.numpy()

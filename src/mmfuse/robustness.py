@@ -1,8 +1,8 @@
 """Robustness to noisy inputs: the metric under graded noise on one modality at a time.
 
 Each modality spec declares its noises (see `mmfuse.modalities`): on images Gaussian pixel noise,
-blur and occlusion; on texts dropped words and typos; on audio white noise and a silenced stretch. Level is in [0, 1]; level 0 is
-the clean input. Relative robustness (MultiBench's notion) is the area under the metric-vs-level
+blur and occlusion; on texts dropped words and typos; on audio white noise and a silenced
+stretch. Level is in [0, 1]; level 0 is the clean input. Relative robustness (MultiBench's notion) is the area under the metric-vs-level
 curve divided by the clean metric's area: 1.0 means no loss under noise. Each noisy copy is
 deterministic for (seed, input), so curves are repeatable.
 """

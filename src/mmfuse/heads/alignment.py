@@ -3,8 +3,8 @@
 Two linear projections put each row's pooled features of two modalities (the model's first two,
 in registry order: image and text, or image and audio) in one space, and the configured alignment
 objectives (the same registry `mmfuse align` uses: contrastive, dcca, autoencoder, adversarial)
-pull each row's pair together; the objectives call the first side "image" and the second "text". The weighted sum is added to
-the task loss; prediction never uses it.
+pull each row's pair together; the objectives call the first side "image" and the second "text".
+The weighted sum is added to the task loss; prediction never uses it.
 """
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ class TextModality(Modality):
     name = "text"
     default_column = "text"
     encoder_config = TextEncoderConfig
-    limits = {"max_text_chars": (int, 2_000, "longest accepted text; longer texts are cut")}
+    limits = {"max_text_chars": (int, 2_000, "longest text (training cuts longer ones, the server refuses them)")}
     noises = {"token_drop": token_drop, "typo": typo}
     is_file = False
     help = "One text / question."
