@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import Config
+from .errors import ConfigError
 from .data.batching import Batch
 from .encoders import Encoder, create_encoder
 from .features import Features
@@ -18,11 +19,30 @@ from .modalities import MODALITIES
 log = logging.getLogger(__name__)
 
 
+class FeatureScaler(nn.Module):
+    """(x - mean) / std per dimension, statistics fitted once on a training set's features."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, pooled: Tensor) -> None:
+        self.mean.copy_(pooled.mean(0))
+        self.std.copy_(pooled.std(0).clamp_min(1e-6) if len(pooled) > 1 else torch.ones_like(self.std))
+
+    def forward(self, feats: Features) -> Features:
+        scale = lambda x: None if x is None else (x - self.mean) / self.std  # noqa: E731
+        return Features(scale(feats.pooled), scale(feats.tokens), feats.mask, feats.present)
+
+
 class MultimodalModel(nn.Module):
     def __init__(self, encoders: dict[str, Encoder], fusion: Fusion, head: TaskHead,
-                 alignment: AuxiliaryAlignment | None = None):
+                 alignment: AuxiliaryAlignment | None = None, standardize: list[str] = ()):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
+        self.scalers = nn.ModuleDict({m: FeatureScaler(encoders[m].out_dim) for m in standardize})
         self.fusion = fusion
         self.head = head
         self.alignment = alignment  # an auxiliary training loss only (train.alignment)
@@ -43,7 +63,20 @@ class MultimodalModel(nn.Module):
             else:  # nobody in this batch has the modality
                 empty = torch.zeros(batch.size, encoder.out_dim, device=part.present.device)
                 feats[modality] = Features(pooled=empty, present=part.present)
-        return feats
+        return self.scale(feats)
+
+    def scale(self, feats: dict[str, Features]) -> dict[str, Features]:
+        """Standardised features for the modalities configured so (encoders.<m>.standardize)."""
+        return {m: self.scalers[m](f) if m in self.scalers else f for m, f in feats.items()}
+
+    def fit_scalers(self, dataset) -> None:
+        """Per-dimension statistics of the frozen features of `dataset`'s unique inputs."""
+        for modality, scaler in self.scalers.items():
+            column = dataset.columns.get(modality)
+            if column is None or column.features is None:
+                raise ConfigError(f"encoders.{modality}.standardize needs a frozen encoder whose features "
+                                  "are cached (set trainable: false, or standardize: false)")
+            scaler.fit(column.features.pooled.float())
 
     def forward(self, batch: Batch) -> Tensor:
         return self.head(self.fusion(self.encode(batch)))
@@ -77,4 +110,5 @@ def build_model(config: Config, num_labels: int, encoders: dict[str, Encoder] | 
     if config.train.alignment:
         alignment = AuxiliaryAlignment(dims={m: e.out_dim for m, e in encoders.items()},
                                        weights=config.train.alignment, dim=config.train.alignment_dim)
-    return MultimodalModel(encoders, fusion, head, alignment)
+    standardize = [m for m in encoders if getattr(config.encoders, m).standardize]
+    return MultimodalModel(encoders, fusion, head, alignment, standardize)

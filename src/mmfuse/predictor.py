@@ -119,6 +119,8 @@ class Predictor:
             encoder.fit([v for v in train_frame[modality].tolist() if isinstance(v, str)])
         self.model = build_model(self.config, len(self.labels), encoders)
         train_set = self._dataset(train_frame)
+        if resume is None:
+            self.model.fit_scalers(train_set)  # a resumed run reads them from its checkpoint
         val_set = self._dataset(val_frame) if val_frame is not None and len(val_frame) else None
         self.fit_summary = fit_model(self.model, train_set, val_set, self.config,
                                      output_dir=output_dir or self.config.output_dir, resume=resume,

@@ -83,7 +83,7 @@ class FusionGraph(nn.Module):
 
     def __init__(self, model: MultimodalModel, layout: dict[str, dict[str, Any]]):
         super().__init__()
-        self.fusion, self.head, self.layout = model.fusion, model.head, layout
+        self.model, self.fusion, self.head, self.layout = model, model.fusion, model.head, layout
 
     def forward(self, *inputs: Tensor) -> Tensor:
         remaining = iter(inputs)
@@ -92,7 +92,7 @@ class FusionGraph(nn.Module):
             pooled = next(remaining)
             tokens, mask = (next(remaining), next(remaining)) if info["tokens"] else (None, None)
             feats[modality] = Features(pooled, tokens, mask, next(remaining))
-        return self.head(self.fusion(feats))
+        return self.head(self.fusion(self.model.scale(feats)))
 
 
 def example_values(modality: str, encoder: nn.Module) -> list[Any]:

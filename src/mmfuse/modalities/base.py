@@ -46,6 +46,10 @@ class EncoderSpec(Section):
 
     name: str
     trainable: bool | None = None  # None: from-scratch encoders train, pretrained ones stay frozen
+    # Scale a frozen encoder's features to zero mean and unit variance per dimension, with
+    # statistics of the training rows (fitted once, saved with the model): conditioning a fusion
+    # on unscaled features whose few large dimensions carry the speaker, not the words, overfits.
+    standardize: bool = False
     options: dict[str, Any] = {}
 
 
