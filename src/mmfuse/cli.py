@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Optional
 
@@ -150,7 +151,11 @@ def predict(
 def _with_options(command, extra: list[inspect.Parameter]):
     """`command` with keyword options built at run time (its **kwargs receives them): typer reads
     the signature, so options that come from the registry need no line here."""
-    fixed = [p for p in inspect.signature(command).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    # Annotations resolved here: this module's are strings (postponed), which the signature
+    # handed to typer would otherwise carry as they are.
+    hints = typing.get_type_hints(command)
+    fixed = [p.replace(annotation=hints.get(p.name, p.annotation))
+             for p in inspect.signature(command).parameters.values() if p.kind is not p.VAR_KEYWORD]
 
     def run(**kwargs):
         return command(**kwargs)

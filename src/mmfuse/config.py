@@ -183,6 +183,9 @@ def parse_config(raw: dict[str, Any], origin: str = "config") -> Config:
     except ValidationError as error:
         raise ConfigError(f"{origin}: {_describe(error)}") from None
     check_names(config)
+    # A built-in source's own column names, written into the config: a saved model then reads
+    # the same columns from any table later given to it (and its config says which they are).
+    config.data.columns = ColumnsConfig(**config.data.resolved_columns())
     return config
 
 

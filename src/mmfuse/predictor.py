@@ -182,6 +182,7 @@ class Predictor:
     def predict(self, data: Any, *, top_k: int = 3) -> pd.DataFrame:
         """One output row per good input row: `row`, `prediction`, and top-k labels with scores.
         Every row bad: an empty frame (the reasons are in `bad_rows`)."""
+        self._need_model()
         frame = self.read(data, labelled=False)
         if frame.empty:
             return pd.DataFrame({"row": pd.Series(dtype="int64"), "prediction": pd.Series(dtype="object")})

@@ -193,11 +193,10 @@ def _parse_split(value: Any) -> str | None:
 # ----- the manifest ---------------------------------------------------------------------------
 
 def _columns_for(data: DataConfig, builtin: str | None) -> dict[str, str | None]:
-    """Role -> column. A built-in knows its own column names; they apply to every role the user
-    left at the default — the config's own source's (so a model trained on a built-in reads the
-    same columns from any table given to it), then those of the built-in being read now, if any."""
-    columns = data.resolved_columns()
+    columns = data.columns.model_dump()
     if builtin is not None:
+        # A built-in knows its own column names; they apply to every role the user left at the
+        # default, so `source: easy_vqa` works as is, and an explicit setting still wins.
         explicit = data.columns.model_fields_set
         for role, column in builtin_columns(builtin).items():
             if role not in explicit:
