@@ -69,6 +69,11 @@ def main() -> None:
         for voices, part in groups.items():
             result = predictor.evaluate(part.reset_index(drop=True))
             print(f"| {name} | {voices} | {result['rows']} | {result['metrics']['accuracy']:.4f} |")
+    print("\nBy held-out voice (the question spoken only):\n\n| voice | rows | accuracy |\n|---|---|---|")
+    unheard = table[table["voice_heard"] == "no"]
+    for voice, part in unheard.groupby("voice"):
+        part = part.assign(**({written: None} if written else {})).reset_index(drop=True)
+        print(f"| {voice} | {len(part)} | {predictor.evaluate(part)['metrics']['accuracy']:.4f} |")
 
 
 if __name__ == "__main__":

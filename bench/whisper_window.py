@@ -2,10 +2,10 @@
 
 For the easy_vqa_spoken clips of some heard voices and of the four held-out voices: clips per second
 of `whisper_tiny` (2 threads, batches of 16) in each window, and how well the pooled features tell
-the 107 questions apart — a logistic regression fitted on the heard voices' clips, scored on the
-held-out voices' clips (question recognition, chance 1/107).
+the questions apart — a logistic regression fitted on the heard voices' clips, scored on the
+held-out voices' clips (question recognition, chance 1/questions).
 
-    python bench/whisper_window.py [--heard 12]
+    python bench/whisper_window.py [--heard 12] [--questions 107]
 """
 from __future__ import annotations
 
@@ -39,10 +39,12 @@ def pooled(encoder, waves: list[np.ndarray]) -> tuple[np.ndarray, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--heard", type=int, default=12, help="heard voices to fit on")
+    parser.add_argument("--questions", type=int, default=107, help="questions (a seeded sample)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     load_easy_vqa_spoken()  # the clips, synthesised if missing
     questions = sorted(set(_load_easy_vqa()["question"]))
+    questions = sorted(np.random.default_rng(0).choice(questions, min(args.questions, len(questions)), replace=False))
     variants = voice_variants()
     heard = [v for v in variants if v.heard][:: max(1, sum(v.heard for v in variants) // args.heard)][:args.heard]
     held = [v for v in variants if not v.heard]
@@ -55,7 +57,7 @@ def main() -> None:
           f"mean {np.mean([len(w) for w in waves]) / 16000:.2f} s\n")
     print("| window | clips/s | question recognised, held-out voices |\n|---|---|---|")
     for window in ("trimmed", "full"):
-        encoder = create_encoder("audio", "whisper_tiny", window=window)
+        encoder = create_encoder("audio", "whisper_tiny", window=window).eval()
         feats, seconds = pooled(encoder, waves)
         scaler = StandardScaler().fit(feats[is_heard])
         model = LogisticRegression(max_iter=2000, C=1.0).fit(scaler.transform(feats[is_heard]), label[is_heard])
