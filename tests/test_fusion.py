@@ -328,6 +328,18 @@ def test_film_golden_value():
     assert out.sum().item() == pytest.approx(GOLDEN_FILM_SUM, abs=1e-3)
 
 
+@pytest.mark.parametrize("name", FUSIONS)
+def test_tokens_a_fusion_says_it_does_not_read_change_nothing(name):
+    """token_modalities() decides which cached tokens are loaded: leaving the others out must not
+    change the output."""
+    fusion = build(name, in_dims={**IN_DIMS, "audio": 7}).eval()
+    feats = make_feats(audio=True)
+    kept = {m: f if m in fusion.token_modalities() else Features(f.pooled, present=f.present)
+            for m, f in feats.items()}
+    with torch.no_grad():
+        torch.testing.assert_close(fusion(kept), fusion(feats))
+
+
 def test_two_role_fusion_refuses_a_modality_without_a_role():
     with pytest.raises(ConfigError, match="'audio' has none"):
         build("film", in_dims={**IN_DIMS, "audio": 7}, context="text")

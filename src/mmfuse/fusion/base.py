@@ -49,9 +49,13 @@ class Fusion(nn.Module):
     def forward(self, feats: dict[str, Features]) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    # Whether the strategy reads tokens at all; pooled-only ones (concat, gated, ...) leave it off,
+    # so a modality's cached tokens (hundreds of audio frames per row) are never loaded for them.
+    reads_tokens: bool = False
+
     def token_modalities(self) -> set[str]:
         """The modalities whose tokens this strategy reads (the others' cached tokens are not loaded)."""
-        return set(self.modalities)
+        return set(self.modalities) if self.reads_tokens else set()
 
     def modality_weights(self) -> dict[str, float] | None:
         """Learned per-modality weights where the strategy has them (late, weighted_sum...)."""
@@ -190,6 +194,8 @@ class TargetContextFusion(Fusion):
     A row without the target is the mean of an MLP per present context (it never reads target
     values); with no context configured, a learned "missing" vector.
     """
+
+    reads_tokens = True  # the target's tokens, and (cross_attention) the contexts' as well
 
     def __init__(self, *, in_dims: dict[str, int], dim: int, dropout: float, target: str,
                  context: str | list[str] | None, pool: str):

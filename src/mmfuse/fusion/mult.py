@@ -20,6 +20,8 @@ class MulTFusion(Fusion):
     layers (1), heads (4): blocks per stream.
     """
 
+    reads_tokens = True
+
     def __init__(self, *, in_dims: dict[str, int], dim: int = 256, dropout: float = 0.1,
                  layers: int = 1, heads: int = 4):
         super().__init__(in_dims=in_dims, dim=dim, dropout=dropout)

@@ -20,6 +20,8 @@ class TransformerFusion(Fusion):
     layers (2), heads (4): encoder size; pre-norm, feed-forward width 2 * dim.
     """
 
+    reads_tokens = True
+
     def __init__(self, *, in_dims: dict[str, int], dim: int = 256, dropout: float = 0.1,
                  layers: int = 2, heads: int = 4):
         super().__init__(in_dims=in_dims, dim=dim, dropout=dropout)
