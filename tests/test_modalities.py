@@ -79,7 +79,8 @@ def test_cache_is_keyed_by_content_not_name(modality, tmp_path):
     assert cache.last_stats["computed"] == 1
     again = cache.features(encoder, [str(renamed)], load).pooled
     assert cache.last_stats["computed"] == 0 and torch.equal(before, again)
-    shutil.copy(example(modality, tmp_path / "other" if (tmp_path / "other").mkdir() is None else None, 1), first)
+    (tmp_path / "other").mkdir()
+    shutil.copy(example(modality, tmp_path / "other", 1), first)
     changed = cache.features(encoder, [str(first)], load).pooled  # same name, new content: recomputed
     assert cache.last_stats["computed"] == 1 and not torch.equal(before, changed)
 

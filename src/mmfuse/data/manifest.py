@@ -20,6 +20,7 @@ import pandas as pd
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from ..modalities import MODALITIES, Decoded, group_modality
+from ..modalities.base import is_missing
 from .datasets import builtin_columns, builtin_names, load_builtin
 from .media import MediaError
 
@@ -120,17 +121,6 @@ def read_table(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, str]:
 
 # ----- cell parsing ---------------------------------------------------------------------------
 
-def _is_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, (list, tuple, np.ndarray, dict)):
-        return False
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
 def _label_text(value: Any) -> str:
     # A label read from JSON / Parquet may be a number; an integer-valued float (a column that
     # became float because of one missing cell) must still read "3", not "3.0".
@@ -145,7 +135,7 @@ def _quote_list(values: list[str], limit: int = 5) -> str:
 
 
 def _parse_label(value: Any, task: str, allowed: set[str] | None, separator: str) -> Any:
-    if _is_missing(value):
+    if is_missing(value):
         raise _RowProblem("missing label")
     if task == "regression":
         if isinstance(value, (list, tuple, np.ndarray)):
@@ -161,7 +151,7 @@ def _parse_label(value: Any, task: str, allowed: set[str] | None, separator: str
         return number
     if task == "multilabel":
         if isinstance(value, (list, tuple, np.ndarray)):  # JSON / Parquet lists need no splitting
-            items = [_label_text(v) for v in value if not _is_missing(v)]
+            items = [_label_text(v) for v in value if not is_missing(v)]
         else:
             items = [_label_text(v) for v in str(value).split(separator)]
         items = list(dict.fromkeys(v for v in items if v))  # drop blanks and repeats, keep order
@@ -182,7 +172,7 @@ def _parse_label(value: Any, task: str, allowed: set[str] | None, separator: str
 
 
 def _parse_split(value: Any) -> str | None:
-    if _is_missing(value) or not str(value).strip():
+    if is_missing(value) or not str(value).strip():
         return None
     name = SPLIT_NAMES.get(str(value).strip().lower())
     if name is None:

@@ -75,7 +75,7 @@ class Modality:
         """A file modality's default: an absolute path (relative to the table's folder), or None."""
         if isinstance(cell, Decoded):
             return cell
-        if _is_missing(cell):
+        if is_missing(cell):
             return None
         text = (os.fspath(cell) if isinstance(cell, os.PathLike) else str(cell)).strip()
         if not text:
@@ -126,15 +126,16 @@ class Modality:
         raise NotImplementedError  # pragma: no cover - text overrides parse instead
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """An empty table cell (None, NaN, pandas NA): the row lacks the modality / value."""
     if value is None:
         return True
-    if isinstance(value, float) and value != value:
-        return True
-    try:
-        import pandas as pd
+    if isinstance(value, (list, tuple, dict)) or type(value).__name__ == "ndarray":
+        return False
+    import pandas as pd  # already imported by whoever reads tables; kept out of start-up
 
-        return bool(pd.isna(value)) if not isinstance(value, (list, tuple, dict)) else False
+    try:
+        return bool(pd.isna(value))
     except (TypeError, ValueError):
         return False
 

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from ..data.media import clean_text
-from .base import EncoderSpec, Modality, _is_missing, register_modality
+from .base import EncoderSpec, Modality, is_missing, register_modality
 
 
 class TextEncoderConfig(EncoderSpec):
@@ -47,7 +47,7 @@ class TextModality(Modality):
 
     def parse(self, cell: Any, base: str, data: Any) -> str | None:
         # A missing cell means "no text for this row"; a present but blank one is an error.
-        return None if _is_missing(cell) else clean_text(cell, max_chars=data.max_text_chars)
+        return None if is_missing(cell) else clean_text(cell, max_chars=data.max_text_chars)
 
     def check(self, value: Any, data: Any) -> str | None:
         return None  # everything was checked by parse
