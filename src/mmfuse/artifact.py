@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from .atomic import write_atomic
 from .config import dump_config, parse_config
-from .errors import ArtifactError
+from .errors import ArtifactError, MmfuseError, brief
+from .metric_format import format_metric, json_safe
 from .model import build_encoders, build_model
+from .safe_yaml import read_yaml
 
 FILES = ("config.yaml", "model.safetensors", "labels.json", "encoders.json")
 
@@ -30,15 +32,45 @@ def save_artifact(predictor, directory: str | Path) -> Path:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     model = predictor.model
-    (out / "config.yaml").write_text(dump_config(predictor.config))
-    save_file(trainable_state(model), str(out / "model.safetensors"))
-    (out / "labels.json").write_text(json.dumps(predictor.labels, indent=1))
+    # Each file whole or not there: a run killed while saving leaves no truncated file behind.
+    write_atomic(out / "config.yaml", dump_config(predictor.config))
+    write_atomic(out / "model.safetensors", save(trainable_state(model)))
+    write_atomic(out / "labels.json", json.dumps(predictor.labels, indent=1))
     encoders = {m: {"trainable": e.trainable, "fingerprint": e.fingerprint(), "extra_state": e.extra_state()}
                 for m, e in model.encoders.items()}
-    (out / "encoders.json").write_text(json.dumps(encoders, indent=1))
-    (out / "metrics.json").write_text(json.dumps({"fit": predictor.fit_summary, **predictor.metrics}, indent=2))
-    (out / "README.md").write_text(model_card(predictor))
+    write_atomic(out / "encoders.json", json.dumps(encoders, indent=1))
+    write_atomic(out / "metrics.json", json.dumps(json_safe({"fit": predictor.fit_summary, **predictor.metrics}), indent=2))
+    write_atomic(out / "README.md", model_card(predictor))
     return out
+
+
+def read_part(file: Path, read: Callable[[Path], Any]) -> Any:
+    """read(file), or one ArtifactError naming the file when it is damaged (cut short, random bytes)."""
+    try:
+        return read(file)
+    except MmfuseError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways
+        raise ArtifactError(f"{file}: unreadable, the model directory is damaged ({brief(error)})") from None
+
+
+def read_json(file: Path) -> dict[str, Any]:
+    value = json.loads(file.read_bytes())
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    return value
+
+
+def read_labels(file: Path) -> list[str]:
+    labels = json.loads(file.read_bytes())
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise ValueError("expected a JSON list of label strings")
+    return labels
+
+
+def read_config(file: Path):
+    """A model directory's config.yaml, read with the size and alias budget of every config."""
+    return parse_config(read_yaml(file), str(file))
 
 
 def load_artifact(cls, directory: str | Path):
@@ -48,10 +80,10 @@ def load_artifact(cls, directory: str | Path):
     missing = [name for name in FILES if not (path / name).is_file()]
     if missing:
         raise ArtifactError(f"{path} is missing {', '.join(missing)}; was it written by Predictor.save?")
-    config = parse_config(yaml.safe_load((path / "config.yaml").read_text()), str(path / "config.yaml"))
+    config = read_config(path / "config.yaml")
     predictor = cls(config)
-    predictor.labels = json.loads((path / "labels.json").read_text())
-    recorded = json.loads((path / "encoders.json").read_text())
+    predictor.labels = read_part(path / "labels.json", read_labels)
+    recorded = read_part(path / "encoders.json", read_json)
     encoders = build_encoders(config)
     for modality, encoder in encoders.items():
         info = recorded.get(modality)
@@ -65,8 +97,12 @@ def load_artifact(cls, directory: str | Path):
                 f"fingerprint {encoder.fingerprint()}, the model was trained with {info['fingerprint']}: "
                 "different weights or preprocessing")
     model = build_model(config, len(predictor.labels), encoders)
-    state = load_file(str(path / "model.safetensors"))
-    result = model.load_state_dict(state, strict=False)
+    state = read_part(path / "model.safetensors", load_file)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensor shapes differ: another config or label count
+        raise ArtifactError(f"{path}/model.safetensors does not fit config.yaml and labels.json "
+                            f"({brief(error)})") from None
     expected_missing = tuple(f"encoders.{m}." for m, e in encoders.items() if not e.trainable)
     really_missing = [k for k in result.missing_keys if not k.startswith(expected_missing)]
     if really_missing or result.unexpected_keys:
@@ -75,7 +111,7 @@ def load_artifact(cls, directory: str | Path):
     predictor.model = model.eval()
     metrics_file = path / "metrics.json"
     if metrics_file.is_file():
-        saved = json.loads(metrics_file.read_text())
+        saved = read_part(metrics_file, read_json)
         predictor.fit_summary = saved.get("fit", {})
         predictor.metrics = {k: v for k, v in saved.items() if k != "fit"}
     if (path / "onnx" / "manifest.json").is_file():  # written by `mmfuse export`: predict with onnxruntime
@@ -107,10 +143,10 @@ def model_card(predictor) -> str:
         lines.append(f"- training: {fit.get('epochs')} epochs in {fit.get('train_seconds', 0):.0f} s")
     if metrics:
         lines += ["", "## Test metrics", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items()]
+        lines += [f"| {k} | {format_metric(v)} |" for k, v in metrics.items()]
     contribution = predictor.metrics.get("modality_contribution")
     if contribution:
         lines += ["", "## Modality contribution", "", "| inputs | value |", "|---|---|"]
-        lines += [f"| {k.replace('_', ' ')} | {v:.4f} |" for k, v in contribution.items()]
+        lines += [f"| {k.replace('_', ' ')} | {format_metric(v)} |" for k, v in contribution.items()]
     lines += ["", "Load with `mmfuse.Predictor.load(path)`; the full config is in `config.yaml`.", ""]
     return "\n".join(lines)

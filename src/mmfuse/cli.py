@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import shlex
 import sys
 import typing
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any, Optional
 import typer
 
 from .errors import MmfuseError
+from .metric_format import format_metric
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multimodal fusion models (images, text, speech): train, evaluate, predict, check data.")
@@ -24,9 +26,9 @@ def print_metrics(title: str, metrics: dict[str, float], contribution: dict[str,
     typer.echo(f"\n{title}")
     width = max(len(k) for k in metrics)
     for key, value in metrics.items():
-        typer.echo(f"  {key:<{width}}  {value:.4f}")
+        typer.echo(f"  {key:<{width}}  {format_metric(value)}")
     if contribution:
-        typer.echo("  modality contribution: " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}"
+        typer.echo("  modality contribution: " + ", ".join(f"{k.replace('_', ' ')} {format_metric(v)}"
                                                           for k, v in contribution.items()))
 
 
@@ -40,11 +42,21 @@ def train(
 ) -> None:
     """Train a fusion model, save it to RUN/model, and evaluate it on the test split if there is one."""
     from .config import load_config
-    from .predictor import Predictor
 
     overrides = list(set_) + (["data.strict=true"] if strict else []) + ([f"output_dir={output}"] if output else [])
-    cfg = load_config(config, overrides)
-    predictor = Predictor(cfg).fit(resume=resume)
+    cfg = load_config(config, overrides)  # before the heavy imports: a bad config fails at once
+    from .predictor import Predictor
+    from .train import TrainingInterrupted, read_checkpoint
+
+    if resume is not None:
+        read_checkpoint(resume)  # a bad checkpoint fails before any data is read
+    try:
+        predictor = Predictor(cfg).fit(resume=resume)
+    except TrainingInterrupted as stop:
+        again = ["mmfuse", "train", str(config), *(part for item in set_ for part in ("--set", item)),
+                 *(["--strict"] if strict else []), *(["--output", str(output)] if output else []),
+                 "--resume", str(stop.checkpoint)]
+        raise TrainingInterrupted(stop.checkpoint, stop.signum, f"; resume with: {shlex.join(again)}") from None
     run = Path(cfg.output_dir)
     fit = predictor.fit_summary
     typer.echo(f"trained {fit['epochs']} epochs in {fit['train_seconds']:.1f} s; best checkpoint {fit['best_checkpoint']}")
@@ -68,10 +80,10 @@ def compare(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
     """Train each fusion × seed (× fold) in its own process; rank them by the test metric, with their cost."""
-    from .compare import parse_fusions, run_comparison
+    from .compare import parse_fusions, run_comparison, with_compare_settings
     from .config import load_config
 
-    cfg = load_config(config, list(set_))
+    cfg = with_compare_settings(load_config(config, list(set_)), list(set_))
     run_comparison(cfg, parse_fusions(fusions), seeds, folds, out or Path(cfg.output_dir) / "compare",
                    echo=typer.echo)
 
@@ -226,6 +238,7 @@ def serve(
     max_rows: int = typer.Option(64, help="Most rows in one request."),
     max_body_mb: float = typer.Option(8.0, help="Request body cap in MiB (enforced while reading)."),
     timeout: float = typer.Option(30.0, help="Seconds a request may take, queueing included (then 504)."),
+    max_request_pixels: int = typer.Option(100_000_000, help="Decoded image pixels in one request, all rows together."),
     mask_pii: bool = typer.Option(False, help="Mask emails, phone and id numbers in logged texts."),
     **limits: Any,
 ) -> None:
@@ -238,6 +251,7 @@ def serve(
                              token=load_token(token_file), max_batch=max_batch, max_wait_ms=max_wait_ms,
                              batching=batching, max_queue=max_queue, max_rows=max_rows,
                              max_body_bytes=int(max_body_mb * 1024 * 1024), timeout_s=timeout, mask_pii=mask_pii,
+                             max_request_pixels=max_request_pixels,
                              **limits)
     if not (model / "config.yaml").is_file():
         raise MmfuseError(f"{model}: not a model directory (no config.yaml)")
@@ -424,7 +438,7 @@ def main() -> None:
         app()
     except MmfuseError as error:
         typer.echo(f"error: {error}", err=True)
-        sys.exit(2)
+        sys.exit(getattr(error, "exit_code", 2))  # 2, or 128 + the signal that stopped training
     except ModuleNotFoundError as error:
         extra = OPTIONAL_PACKAGES.get((error.name or "").split(".")[0])
         if extra is None:

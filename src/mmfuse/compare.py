@@ -26,11 +26,11 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy.stats import ttest_rel
 
 from .config import Config, dump_config, load_config, parse_config
 from .errors import ConfigError, MmfuseError
+from .safe_yaml import read_yaml
 
 Echo = Callable[[str], None]
 
@@ -65,15 +65,17 @@ def cell_name(fusion: str, seed: int, fold: int | None) -> str:
     return f"{fusion}-s{seed}" + ("" if fold is None else f"-f{fold}")
 
 
-def with_compare_settings(config: Config) -> Config:
-    """The config every cell starts from: the config's `compare.set` overrides applied."""
+def with_compare_settings(config: Config, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The config every cell starts from: the config's `compare.set` applied, then the command
+    line's own `--set` again, so what the user typed last wins over the file's compare settings."""
     if not config.compare.set:
         return config
-    from .config import set_path
+    from .config import apply_overrides, set_path
 
     raw = config.model_dump(mode="json")
     for key, value in config.compare.set.items():
         set_path(raw, key, value)
+    apply_overrides(raw, list(overrides))
     raw["compare"]["set"] = {}  # applied; a cell's config must not apply them again
     return parse_config(raw, "compare.set")
 
@@ -339,7 +341,7 @@ def _first_difference(old: Any, new: Any, path: str = "") -> str:
 
 def check_reusable(cell_dir: Path, config: Config) -> None:
     """A finished cell run with another config must not be mixed into this comparison."""
-    stored = yaml.safe_load((cell_dir / "config.yaml").read_text())
+    stored = read_yaml(cell_dir / "config.yaml")
     wanted = config.model_dump(mode="json")
     if _comparable(stored) != _comparable(wanted):
         raise ConfigError(f"{cell_dir} holds a result for another config "

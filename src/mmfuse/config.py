@@ -5,6 +5,7 @@ the field and the allowed values.
 """
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,6 +13,7 @@ import yaml
 from pydantic import Field, ValidationError, create_model
 
 from .errors import ConfigError
+from .safe_yaml import load_yaml, read_yaml
 from .section import Section
 
 
@@ -47,6 +49,9 @@ class DataBase(Section):
     # images it never saw (easy-VQA has ~10 questions per image).
     group_split_by_image: bool = True
     strict: bool = False  # fail on the first bad rows instead of skipping and counting them
+    # Refuse (as bad rows) file paths that resolve outside the table's folder: `../` or a symlink
+    # out of it. Off for your own tables; turn it on for a table you did not write yourself.
+    confine_paths: bool = False
 
     def resolved_columns(self) -> dict[str, str | None]:
         """Role -> column, a built-in data set's own names filling the roles left at the default."""
@@ -169,11 +174,27 @@ class Config(Section):
         return [m for m in MODALITIES if getattr(self.encoders, m) is not None and columns.get(m) is not None]
 
 
+# Echoed input values are cut short: a field given a huge (or hostile) value must not turn the
+# one-line error into megabytes. reprlib stops early instead of building the whole repr.
+_ECHO = reprlib.Repr()
+_ECHO.maxlevel, _ECHO.maxlist, _ECHO.maxdict, _ECHO.maxstring, _ECHO.maxother = 3, 6, 6, 80, 80
+ECHO_CHARS = 200
+ERRORS_SHOWN = 10
+
+
+def _echo(value: Any) -> str:
+    text = _ECHO.repr(value)
+    return text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS] + "…"
+
+
 def _describe(error: ValidationError) -> str:
+    items = error.errors()
     lines = []
-    for item in error.errors():
+    for item in items[:ERRORS_SHOWN]:
         field = ".".join(str(part) for part in item["loc"]) or "(root)"
-        lines.append(f"{field}: {item['msg']} (got {item.get('input')!r})")
+        lines.append(f"{field}: {item['msg']} (got {_echo(item.get('input'))})")
+    if len(items) > ERRORS_SHOWN:
+        lines.append(f"… and {len(items) - ERRORS_SHOWN} more")
     return "; ".join(lines)
 
 
@@ -218,7 +239,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key.path=value")
         key, value = item.split("=", 1)
-        set_path(raw, key, yaml.safe_load(value))
+        set_path(raw, key, load_yaml(value, f"--set {key}"))
     return raw
 
 
@@ -243,10 +264,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        raw = read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         origin = str(path)

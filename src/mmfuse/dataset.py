@@ -6,6 +6,7 @@ prepared once per unique input (decoded, resized pixels; token ids) and kept in 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any, Callable
 
 import numpy as np
@@ -35,18 +36,33 @@ def noisy(load, change: Callable[[Any, str], Any]):
     return load_noisy
 
 
+# The target of a row whose label the model never saw in training (a label only in the val or test
+# split). No output stands for it, so it is never predicted right: accuracy counts it wrong, the
+# loss skips it (cross-entropy's default ignore_index), and the metrics give it a class of its own.
+UNSEEN = -100
+
+
 def encode_targets(frame: pd.DataFrame, task: str, labels: list[str]) -> Tensor | None:
     if "label" not in frame or frame["label"].isna().all():
         return None
     if task == "regression":
         return torch.tensor(frame["label"].astype(float).to_numpy(), dtype=torch.float32)
     position = {label: i for i, label in enumerate(labels)}
+    rows = frame["label"].tolist()
+    tags = rows if task == "multilabel" else [[value] for value in rows]
+    unseen = [[t for t in row if t not in position] for row in tags]
+    if any(unseen):
+        counts = Counter(t for row in unseen for t in row)
+        log.warning("%d row(s) with labels the model never saw in training (%s): %s", sum(map(bool, unseen)),
+                    ", ".join(f"{label!r} ×{n}" for label, n in counts.most_common(10)),
+                    "those tags are left out of their targets" if task == "multilabel" else "they count as errors")
     if task == "multilabel":
+        # An unseen tag has no output: the row keeps its other tags (the unseen one cannot be scored).
         target = torch.zeros(len(frame), len(labels))
-        for row, tags in enumerate(frame["label"]):
-            target[row, [position[t] for t in tags]] = 1.0
+        for row, known in enumerate(tags):
+            target[row, [position[t] for t in known if t in position]] = 1.0
         return target
-    return torch.tensor([position[v] for v in frame["label"]], dtype=torch.long)
+    return torch.tensor([position.get(v, UNSEEN) for v in rows], dtype=torch.long)
 
 
 def prepare_all(encoder: Encoder, values: list[Any], load) -> dict[str, Tensor]:

@@ -15,3 +15,10 @@ class DataError(MmfuseError):
 
 class ArtifactError(MmfuseError):
     """A saved model directory is missing a file or does not match this version."""
+
+
+def brief(error: BaseException, limit: int = 200) -> str:
+    """An exception as a short line for a message: its type and the start of its first line."""
+    text = (str(error).strip().splitlines() or [""])[0]
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -12,34 +12,13 @@ from torchmetrics.functional import classification as C
 from torchmetrics.functional import regression as R
 
 from .data.batching import TableDataset
+from .dataset import UNSEEN
+from .metric_format import format_metric, json_safe
 from .model import MultimodalModel
-from .train import make_loader
+from .inference import predict_outputs
 
 HEADLINE = {"classification": "accuracy", "multilabel": "micro_f1", "regression": "rmse"}
-
-
-@torch.no_grad()
-def predict_outputs(model: MultimodalModel, dataset: TableDataset, config, device: str = "cpu") -> Tensor:
-    """Raw head outputs for every row of `dataset`, in row order."""
-    model.eval().to(device)
-    outputs = torch.empty(0)
-    rows = []
-    parts = []
-    for batch in make_loader(dataset, config, shuffle=False):
-        batch = _to(batch, device)
-        parts.append(model(batch).float().cpu())
-        rows.append(batch.rows.cpu())
-    if parts:
-        outputs = torch.cat(parts)[torch.argsort(torch.cat(rows))]
-    return outputs
-
-
-def _to(batch, device):
-    if str(device) == "cpu":
-        return batch
-    from lightning.fabric.utilities.apply_func import move_data_to_device
-
-    return move_data_to_device(batch, device)
+UNSEEN_LABEL = "(not in training)"
 
 
 def without(dataset: TableDataset, modality: str) -> TableDataset:
@@ -51,6 +30,13 @@ def without(dataset: TableDataset, modality: str) -> TableDataset:
 
 
 def classification_metrics(scores: Tensor, target: Tensor, labels: list[str]) -> tuple[dict, list[dict], Tensor]:
+    unseen = target == UNSEEN
+    if unseen.any():
+        # Rows whose label the model never saw in training: a class of their own that it never
+        # predicts (score 0), so each one counts as an error, in the confusion matrix too.
+        scores = torch.cat([scores, scores.new_zeros(len(scores), 1)], dim=1)
+        target = torch.where(unseen, len(labels), target)
+        labels = [*labels, UNSEEN_LABEL]
     n = len(labels)
     common = {"num_classes": n}
     metrics = {
@@ -60,18 +46,29 @@ def classification_metrics(scores: Tensor, target: Tensor, labels: list[str]) ->
         "macro_precision": C.multiclass_precision(scores, target, average="macro", **common).item(),
         "macro_recall": C.multiclass_recall(scores, target, average="macro", **common).item(),
     }
-    if n == 2:
-        metrics["auroc"] = C.binary_auroc(scores[:, 1], target).item()
-    else:
-        metrics["auroc"] = C.multiclass_auroc(scores, target, average="macro", **common).item()
+    support = torch.bincount(target, minlength=n)
+    metrics["auroc"] = _classification_auroc(scores, target, support)
     precision = C.multiclass_precision(scores, target, average=None, **common)
     recall = C.multiclass_recall(scores, target, average=None, **common)
     f1 = C.multiclass_f1_score(scores, target, average=None, **common)
-    support = torch.bincount(target, minlength=n)
     per_class = [{"label": labels[i], "precision": precision[i].item(), "recall": recall[i].item(),
                   "f1": f1[i].item(), "support": int(support[i])} for i in range(n)]
     confusion = C.multiclass_confusion_matrix(scores, target, **common)
     return metrics, per_class, confusion
+
+
+def _classification_auroc(scores: Tensor, target: Tensor, support: Tensor) -> float:
+    """One-vs-rest AUROC, NaN (printed "undefined") when a class is absent from the split.
+
+    A class without rows has no ROC curve; torchmetrics scores it 0 and averages that in, which
+    printed 0.0000 (or 0.92 beside an accuracy of 1.0) for a split that lacks one class.
+    """
+    n = len(support)
+    if bool((support == 0).any()):
+        return float("nan")
+    if n == 2:
+        return C.binary_auroc(scores[:, 1], target).item()
+    return C.multiclass_auroc(scores, target, num_classes=n, average="macro").item()
 
 
 def multilabel_metrics(scores: Tensor, target: Tensor, labels: list[str]) -> tuple[dict, list[dict], None]:
@@ -82,11 +79,19 @@ def multilabel_metrics(scores: Tensor, target: Tensor, labels: list[str]) -> tup
         "macro_precision": C.multilabel_precision(scores, target, num_labels=n, average="macro").item(),
         "macro_recall": C.multilabel_recall(scores, target, num_labels=n, average="macro").item(),
         "exact_match": C.multilabel_exact_match(scores, target, num_labels=n).item(),
-        "auroc": C.multilabel_auroc(scores, target, num_labels=n, average="macro").item(),
+        "auroc": _multilabel_auroc(scores, target),
     }
     f1 = C.multilabel_f1_score(scores, target, num_labels=n, average=None)
     per_class = [{"label": labels[i], "f1": f1[i].item(), "support": int(target[:, i].sum())} for i in range(n)]
     return metrics, per_class, None
+
+
+def _multilabel_auroc(scores: Tensor, target: Tensor) -> float:
+    """Macro AUROC over the tags; undefined when a tag is on every row or on none."""
+    positives = target.sum(0)
+    if bool(((positives == 0) | (positives == len(target))).any()):
+        return float("nan")
+    return C.multilabel_auroc(scores, target, num_labels=target.shape[1], average="macro").item()
 
 
 def regression_metrics(scores: Tensor, target: Tensor) -> tuple[dict, list, None]:
@@ -139,7 +144,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path, *, title: str, lab
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", "", f"{result['rows']} rows.", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" for k, v in result["metrics"].items()]
+    lines += [f"| {k} | {format_metric(v)} |" for k, v in result["metrics"].items()]
     contribution = result["modality_contribution"]
     modalities = [k.removeprefix("without_") for k in contribution if k != "all"]
     trained = (", ".join(f"{m} {r:g}" for m, r in modality_dropout.items()) if modality_dropout else "none")
@@ -147,7 +152,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path, *, title: str, lab
               f"The {result['headline']} with each modality masked out of every row (absent, not zero-filled). "
               f"Modality dropout in training: {trained}.", "",
               "| inputs | value |", "|---|---|"]
-    lines += [f"| {inputs_name(k, modalities)} | {v:.4f} |" for k, v in contribution.items()]
+    lines += [f"| {inputs_name(k, modalities)} | {format_metric(v)} |" for k, v in contribution.items()]
     if result["per_class"]:
         keys = [k for k in result["per_class"][0] if k != "label"]
         lines += ["", "## Per class", "", "| label | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
@@ -155,14 +160,15 @@ def write_report(result: dict[str, Any], out_dir: str | Path, *, title: str, lab
             cells = [f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k]) for k in keys]
             lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     if result["confusion"] is not None:
-        plot_confusion(result["confusion"], labels, out / "confusion.png")
+        # The classes of the per-class table: the labels, and a row for unseen ones if there were any.
+        plot_confusion(result["confusion"], [row["label"] for row in result["per_class"]], out / "confusion.png")
         lines += ["", "## Confusion matrix", "", "![confusion matrix](confusion.png)"]
     plot_contribution(result["modality_contribution"], result["headline"], out / "modality_contribution.png")
     lines += ["", "## Modality contribution plot", "", "![modality contribution](modality_contribution.png)", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     (out / "metrics.json").write_text(json.dumps(
-        {k: result[k] for k in ("metrics", "per_class", "modality_contribution", "rows")}, indent=2))
+        json_safe({k: result[k] for k in ("metrics", "per_class", "modality_contribution", "rows")}), indent=2))
     return path
 
 

@@ -17,7 +17,7 @@ from .data.manifest import BadRow, load_manifest, split_manifest
 from .dataset import build_dataset
 from .encoders.cache import FeatureCache
 from .errors import MmfuseError
-from .evaluate import HEADLINE, compute_metrics, evaluate_dataset, predict_outputs, write_report
+from .inference import predict_outputs
 from .robustness import LEVELS, NOISES, perturbation
 from .model import MultimodalModel, build_encoders, build_model
 
@@ -60,9 +60,10 @@ class Predictor:
             return data  # already validated (a split of ours)
         if isinstance(data, list):
             data = pd.DataFrame(data)
+        # Only a configured label set (data.labels) makes other labels bad rows; a label the model
+        # never saw is kept, and counts as an error (dataset.encode_targets), as in training.
         manifest = load_manifest(data, self.config.data, task=self.config.task,
-                                 modalities=self.config.modalities(), labels=self.labels or None,
-                                 require_label=labelled)
+                                 modalities=self.config.modalities(), require_label=labelled)
         if manifest.bad_rows:
             log.warning("%s", manifest.summary())
             for bad in manifest.bad_rows[:20]:
@@ -73,7 +74,7 @@ class Predictor:
     def splits(self) -> dict[str, pd.DataFrame]:
         """The configured source (and test_source) split into train / val / test."""
         manifest = load_manifest(self.config.data.source, self.config.data, task=self.config.task,
-                                 modalities=self.config.modalities(), labels=self.labels or None)
+                                 modalities=self.config.modalities())
         self.bad_rows.extend(manifest.bad_rows)
         if manifest.bad_rows:
             log.warning("%s", manifest.summary())
@@ -131,6 +132,8 @@ class Predictor:
     # ----- evaluation and prediction ------------------------------------------------------------
     def evaluate(self, data: Any = None, *, report_dir: str | Path | None = None,
                  title: str = "Evaluation") -> dict[str, Any]:
+        from .evaluate import evaluate_dataset, write_report  # torchmetrics: only when evaluating
+
         self._need_model()
         frame = self.read(data) if data is not None else self._default_test()
         result = evaluate_dataset(self.model, self._dataset(frame), self.config, self.labels, self.device)
@@ -154,6 +157,8 @@ class Predictor:
 
         Rows: modality, noise, level, metric; level 0 is the clean input.
         """
+        from .evaluate import HEADLINE, compute_metrics
+
         self._need_model()
         frame = self.read(data) if data is not None else self._default_test()
         headline = HEADLINE[self.config.task]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,28 +17,19 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch.utils.data import DataLoader
+from lightning.pytorch.plugins import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from .atomic import write_atomic
 from .config import Config
-from .data.batching import Batch, GroupBatchSampler, TableDataset
+from .data.batching import Batch, TableDataset, make_loader
+from .errors import ArtifactError, MmfuseError, brief
 from .model import MultimodalModel
 
 log = logging.getLogger(__name__)
 
 # Which validation number picks the best checkpoint, per task (name, mode).
 MONITOR = {"classification": ("val_acc", "max"), "multilabel": ("val_f1", "max"), "regression": ("val_mse", "min")}
-
-
-def identity(batch: Batch) -> Batch:
-    return batch
-
-
-def make_loader(dataset: TableDataset, config: Config, *, shuffle: bool, rank: int = 0, world: int = 1) -> DataLoader:
-    # batch_size counts groups: images when batching by image, else single rows (see build_dataset).
-    sampler = GroupBatchSampler(dataset.groups, config.train.batch_size, shuffle=shuffle, seed=config.train.seed,
-                                rank=rank, world=world)
-    return DataLoader(dataset, sampler=sampler, batch_size=None, collate_fn=identity,
-                      num_workers=config.train.num_workers, persistent_workers=config.train.num_workers > 0)
 
 
 def frozen_prefixes(model: MultimodalModel) -> list[str]:
@@ -157,9 +149,53 @@ def validation_score(task: str, output: torch.Tensor, target: torch.Tensor) -> f
     return torch.mean((output - target) ** 2).item()
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written beside their target and renamed (Lightning's own go through the system
+    temp folder: on another filesystem a kill mid-copy left an empty last.ckpt and an orphan)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        write_atomic(path, lambda handle: torch.save(checkpoint, handle))
+
+
+class TrainingInterrupted(MmfuseError):
+    """Training stopped by a signal after saving a resumable checkpoint; exits with 128 + the signal."""
+
+    def __init__(self, checkpoint: str | Path, signum: int, hint: str = ""):
+        self.checkpoint, self.signum, self.exit_code = Path(checkpoint), signum, 128 + signum
+        super().__init__(f"training stopped by {signal.Signals(signum).name}; "
+                         f"resumable checkpoint saved to {checkpoint}{hint}")
+
+
+class SaveOnInterrupt(Callback):
+    """On SIGTERM (Lightning stops the loop at the next step) or Ctrl+C, save `path` to resume from."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.signum: int | None = None
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            trainer.save_checkpoint(self.path, weights_only=False)  # optimizer and loops too: resumable
+            self.signum = signal.SIGTERM if isinstance(exception, SIGTERMException) else signal.SIGINT
+
+
+def read_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
+    """A training checkpoint's contents; one error naming the file when it is missing, cut short,
+    or not a checkpoint (Lightning's own load would end in a traceback that does not name it)."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ArtifactError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])  # what resuming reads
+    except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways
+        raise ArtifactError(f"{path}: not a readable training checkpoint ({brief(error)})") from None
+    return state
+
+
 def resumed_epoch(checkpoint: str | Path) -> int:
     """The epoch a run resumed from `checkpoint` starts with (the epochs it had finished)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = read_checkpoint(checkpoint)
     return int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
 
 
@@ -184,7 +220,8 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
                                  enable_version_counter=False)
     latest = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
                              enable_version_counter=False)
-    extra: list[Callback] = [checkpoint, latest, *callbacks]
+    interrupt = SaveOnInterrupt(output_dir / "checkpoints" / "last.ckpt")
+    extra: list[Callback] = [checkpoint, latest, interrupt, *callbacks]
     if not config.train.progress_bar:
         extra.append(EpochSummary())
     if has_val and config.train.early_stopping_patience:
@@ -195,7 +232,7 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
         logger=TensorBoardLogger(str(output_dir), name="logs", version=""),
         enable_progress_bar=config.train.progress_bar, enable_model_summary=False,
         use_distributed_sampler=False, num_sanity_val_steps=0, log_every_n_steps=10,
-        default_root_dir=str(output_dir),
+        default_root_dir=str(output_dir), plugins=[AtomicCheckpointIO()],
     )
     rank, world = trainer.global_rank, trainer.world_size
     train_loader = make_loader(train, config, shuffle=True, rank=rank, world=world)
@@ -205,7 +242,12 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
         train_loader.sampler.set_epoch(resumed_epoch(resume))
     task = FusionTask(model, config, steps_per_epoch=len(train_loader))
     start = time.perf_counter()
-    trainer.fit(task, train_loader, val_loader, ckpt_path=str(resume) if resume else None, weights_only=True)
+    try:
+        trainer.fit(task, train_loader, val_loader, ckpt_path=str(resume) if resume else None, weights_only=True)
+    except SystemExit:  # how Lightning ends a run on SIGTERM or Ctrl+C
+        if interrupt.signum is None:
+            raise
+        raise TrainingInterrupted(interrupt.path, interrupt.signum) from None
     seconds = time.perf_counter() - start
     best = checkpoint.best_model_path if has_val and checkpoint.best_model_path else latest.best_model_path
     if best:

@@ -17,12 +17,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ..config import AlignConfig, Config, dump_config, parse_config
+from ..artifact import read_config, read_json, read_part
+from ..config import AlignConfig, Config, dump_config
 from ..data.media import MediaError, open_image
 from ..encoders import Encoder, create_encoder
 from ..errors import ArtifactError, ConfigError, DataError
@@ -153,11 +153,11 @@ class AlignedModel(nn.Module):
         if not path.is_dir() or missing:
             raise ArtifactError(f"{path} is not an aligned model directory (missing {', '.join(missing or FILES)}); "
                                 "write one with `mmfuse align CONFIG`")
-        config = parse_config(yaml.safe_load((path / "config.yaml").read_text()), str(path / "config.yaml"))
+        config = read_config(path / "config.yaml")
         if config.align is None:
             raise ArtifactError(f"{path}/config.yaml has no align section: not an aligned model")
-        recorded = json.loads((path / "encoders.json").read_text())
-        state = load_file(str(path / "model.safetensors"))
+        recorded = read_part(path / "encoders.json", read_json)
+        state = read_part(path / "model.safetensors", load_file)
         encoders = build_align_encoders(config)
         for modality, encoder in encoders.items():
             info = recorded.get(modality) or {}

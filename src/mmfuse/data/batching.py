@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..encoders.base import slice_prepared
 from ..features import Features
@@ -129,3 +129,15 @@ class GroupBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         total = -(-len(self.members) // self.groups_per_batch)
         return len(range(self.rank, total, self.world))
+
+
+def identity(batch: Batch) -> Batch:
+    return batch
+
+
+def make_loader(dataset: TableDataset, config: Any, *, shuffle: bool, rank: int = 0, world: int = 1) -> DataLoader:
+    # batch_size counts groups: images when batching by image, else single rows (see build_dataset).
+    sampler = GroupBatchSampler(dataset.groups, config.train.batch_size, shuffle=shuffle, seed=config.train.seed,
+                                rank=rank, world=world)
+    return DataLoader(dataset, sampler=sampler, batch_size=None, collate_fn=identity,
+                      num_workers=config.train.num_workers, persistent_workers=config.train.num_workers > 0)

@@ -7,12 +7,15 @@ the user sees in their file; `data.strict` turns them into one error listing all
 """
 from __future__ import annotations
 
+import csv
+import io
 import math
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 import pandas as pd
@@ -82,11 +85,28 @@ class _RowProblem(Exception):
 
 # ----- reading tables -------------------------------------------------------------------------
 
+@dataclass
+class Table:
+    frame: pd.DataFrame  # the columns asked for (all when none were named)
+    name: str  # for messages
+    header: list[str]  # every column the file has, read or not (for messages)
+    # Data row position -> where its cells hold bytes that are not UTF-8 (CSV / TSV only).
+    undecodable: dict[int, str] = dataclass_field(default_factory=dict)
+
+
 def read_table(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """(table, name for messages). The format comes from the extension (a .gz etc. is looked through)."""
+    table = read_columns(source)
+    return table.frame, table.name
+
+
+def read_columns(source: str | Path | pd.DataFrame, columns: Collection[str] | None = None) -> Table:
+    """The table with only `columns` read (those it has; None: all): a table of a million columns
+    costs what its bound ones cost. A CSV cell that is not UTF-8 is kept (as surrogate escapes) and
+    its row recorded, to become a bad row instead of refusing the whole file."""
     if isinstance(source, pd.DataFrame):
         # Positional index, so row numbers are the DataFrame's row positions + 1.
-        return source.reset_index(drop=True), "DataFrame"
+        return Table(source.reset_index(drop=True), "DataFrame", [str(c) for c in source.columns])
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"table file not found: {path}")
@@ -98,17 +118,17 @@ def read_table(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, str]:
     kind = suffixes[-1] if suffixes else ""
     try:
         if kind in (".csv", ".tsv", ".tab"):
-            # Every cell as a string, and only a truly empty cell is missing: pandas' default NA
-            # words ("NA", "None", "null", "nan") are real labels and texts in user data, and a
-            # numeric parse would turn label "01" into 1 (or 1 into 1.0 once a cell is empty).
-            frame = pd.read_csv(path, sep="," if kind == ".csv" else "\t", dtype=str,
-                                keep_default_na=False, na_values=[""])
-        elif kind in (".jsonl", ".ndjson"):
-            frame = pd.read_json(path, lines=True, dtype=False)  # dtype=False: keep values as written
-        elif kind == ".json":
-            frame = pd.read_json(path, dtype=False)
+            table = _read_csv(path, "," if kind == ".csv" else "\t", columns)
+        elif kind in (".jsonl", ".ndjson", ".json"):
+            # dtype=False: keep values as written. JSON cannot be read column by column.
+            frame = pd.read_json(path, lines=kind != ".json", dtype=False)
+            table = Table(_only(frame, columns), path.name, [str(c) for c in frame.columns])
         elif kind in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
+            import pyarrow.parquet as pq
+
+            header = list(pq.read_schema(path).names)
+            wanted = None if columns is None else _wanted(header, columns)
+            table = Table(pd.read_parquet(path, columns=wanted), path.name, header)
         else:
             raise DataError(f"{path}: unsupported table format {kind or '(no extension)'!r}; "
                             "use .csv, .tsv, .jsonl / .ndjson, .json or .parquet")
@@ -116,7 +136,97 @@ def read_table(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, str]:
         raise
     except Exception as error:  # noqa: BLE001 - parser errors come in many types
         raise DataError(f"could not read table {path}: {error}") from None
-    return frame.reset_index(drop=True), path.name
+    table.frame = table.frame.reset_index(drop=True)
+    return table
+
+
+def _wanted(header: list[str], columns: Collection[str]) -> list[str]:
+    return [c for c in header if c in columns]
+
+
+def _only(frame: pd.DataFrame, columns: Collection[str] | None) -> pd.DataFrame:
+    return frame if columns is None else frame[[c for c in frame.columns if str(c) in columns]]
+
+
+def _read_csv(path: Path, sep: str, columns: Collection[str] | None) -> Table:
+    # Every cell as a string, and only a truly empty cell is missing: pandas' default NA words
+    # ("NA", "None", "null", "nan") are real labels and texts in user data, and a numeric parse
+    # would turn label "01" into 1 (or 1 into 1.0 once a cell is empty). object, not str: a str
+    # column refuses the surrogate escapes that stand in for bytes that are not UTF-8.
+    options = dict(sep=sep, dtype=object, keep_default_na=False, na_values=[""])
+    header = _csv_header(path, sep)
+    usecols = None if columns is None else _wanted(header, columns)
+    try:
+        frame = pd.read_csv(path, usecols=usecols, **options)  # only the read columns are decoded
+        return Table(frame, path.name, header)
+    except UnicodeDecodeError:
+        frame = pd.read_csv(path, usecols=usecols, encoding_errors="surrogateescape", **options)
+        return Table(frame, path.name, header, _undecodable(path, sep, header, frame))
+
+
+def _csv_header(path: Path, sep: str) -> list[str]:
+    """The first record's names, read by the csv module: pandas builds a whole (empty) frame for
+    `nrows=0`, minutes and gigabytes for a million columns."""
+    from pandas.io.common import get_handle  # looks through .gz etc. as read_csv does
+
+    with get_handle(path, "r", encoding="utf-8-sig", errors="surrogateescape", compression="infer") as handles:
+        return next(csv.reader(handles.handle, delimiter=sep), [])
+
+
+# Where a byte is not UTF-8, "surrogateescape" decoding leaves one of these in its place.
+_STAND_IN = re.compile("[\udc80-\udcff]")
+
+
+def _undecodable(path: Path, sep: str, header: list[str], frame: pd.DataFrame) -> dict[int, str]:
+    """Row position -> "invalid UTF-8 in column ...: byte 0x.. at line L, byte offset N"."""
+    cells: dict[int, tuple[str, str]] = {}  # row -> (column, value) of its first bad cell
+    for column in frame.columns:
+        for row, value in enumerate(frame[column].tolist()):
+            if row not in cells and isinstance(value, str) and _STAND_IN.search(value):
+                cells[row] = (column, value)
+    reasons = {row: f"invalid UTF-8 in column {column!r}" for row, (column, _) in cells.items()}
+    for row, (line, offset, byte) in _locate(path, sep, header, cells):
+        reasons[row] += f": byte 0x{byte:02x} at line {line}, byte offset {offset}"
+    return reasons
+
+
+def _locate(path: Path, sep: str, header: list[str], cells: dict[int, tuple[str, str]]):
+    """(row, (line, byte offset, byte)) of each bad cell, found by reading the file again with the
+    csv module, which says which lines each record spans (pandas does not)."""
+    from pandas.io.common import get_handle
+
+    with get_handle(path, "rb", compression="infer", is_text=False) as handles:
+        raw = handles.handle.read()
+    starts = [0, *(match.end() for match in re.finditer(b"\n", raw)), len(raw)]
+    records = csv.reader(io.StringIO(raw.decode("utf-8", "surrogateescape"), newline=""), delimiter=sep)
+    row, first = -1, 1  # -1: the header; `first`: the line the next record starts on
+    for record in records:
+        # pandas skips blank (and blank-looking) lines and does not count them as rows.
+        if record and (len(record) > 1 or record[0].strip()):
+            found = cells.get(row) if row >= 0 else None
+            if found is not None:
+                column, value = found
+                position = header.index(column)
+                if position < len(record) and record[position] == value:  # the same cell: trust it
+                    yield row, _first_bad_byte(raw, starts[first - 1], starts[records.line_num], value)
+            row += 1
+        first = records.line_num + 1
+
+
+def _first_bad_byte(raw: bytes, start: int, end: int, value: str) -> tuple[int, int, int]:
+    """(line, byte offset, byte) of `value`'s first undecodable byte within raw[start:end]."""
+    cut = _STAND_IN.search(value).start()
+    before = value[:cut + 1].encode("utf-8", "surrogateescape")  # the cell up to that byte
+    found = raw.find(before, start, end)
+    if found >= 0:
+        offset = found + len(before) - 1
+    else:  # quoting changed how the cell reads: the record's first undecodable byte
+        try:
+            raw[start:end].decode("utf-8")
+            offset = start
+        except UnicodeDecodeError as error:
+            offset = start + error.start
+    return raw.count(b"\n", 0, offset) + 1, offset, raw[offset]
 
 
 # ----- cell parsing ---------------------------------------------------------------------------
@@ -194,12 +304,12 @@ def _columns_for(data: DataConfig, builtin: str | None) -> dict[str, str | None]
     return columns
 
 
-def _check_columns(table: pd.DataFrame, name: str, wanted: dict[str, str]) -> None:
-    missing = [(role, column) for role, column in wanted.items() if column not in table.columns]
+def _check_columns(table: Table, wanted: dict[str, str]) -> None:
+    missing = [(role, column) for role, column in wanted.items() if column not in table.frame.columns]
     if missing:
         described = "; ".join(f"column {column!r} (data.columns.{role}) not found" for role, column in missing)
-        existing = ", ".join(repr(str(c)) for c in table.columns) or "(none)"
-        raise DataError(f"{name}: {described}; the table has columns: {existing}")
+        existing = _quote_list(table.header, limit=20) or "(none)"
+        raise DataError(f"{table.name}: {described}; the table has {len(table.header)} columns: {existing}")
 
 
 def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: str,
@@ -216,34 +326,37 @@ def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: 
     if unknown:
         raise ConfigError(f"unknown modalities {unknown}; expected some of {', '.join(MODALITIES)}")
 
-    builtin = None
-    if isinstance(source, str) and source in builtin_names():
-        builtin = source
-        table, name, base = load_builtin(source), source, os.getcwd()  # its paths are absolute
-    else:
-        table, name = read_table(source)
-        base = os.getcwd() if isinstance(source, pd.DataFrame) else str(Path(source).expanduser().resolve().parent)
-
+    builtin = source if isinstance(source, str) and source in builtin_names() else None
     columns = _columns_for(data, builtin)
     used = [m for m in MODALITIES if m in modalities and columns[m] is not None]
     if not used:
         raise ConfigError("no input modality: bind a column to one of data.columns."
                           + " / data.columns.".join(MODALITIES))
+    if builtin is not None:
+        # Its paths are absolute, into the data set's own download folder: nothing to confine.
+        frame, base = load_builtin(builtin), os.getcwd()
+        table = Table(frame, builtin, [str(c) for c in frame.columns])
+        data = data.model_copy(update={"confine_paths": False})
+    else:
+        bound = {columns[role] for role in (*used, "label", "split") if columns[role] is not None}
+        table = read_columns(source, bound)  # only the bound columns: a wide table costs nothing more
+        base = os.getcwd() if isinstance(source, pd.DataFrame) else str(Path(source).expanduser().resolve().parent)
+    name = table.name
     if not require_label:
         # Prediction: a table may carry only the modalities it has (an image-only table is fine),
         # and needs neither a label nor a split column; but at least one input column.
-        present = [m for m in used if columns[m] in table.columns]
-        _check_columns(table, name, {m: columns[m] for m in (present or used)})
+        present = [m for m in used if columns[m] in table.frame.columns]
+        _check_columns(table, {m: columns[m] for m in (present or used)})
         used = present
     wanted = {m: columns[m] for m in used}
-    if require_label or columns["label"] in table.columns:
+    if require_label or columns["label"] in table.frame.columns:
         wanted["label"] = columns["label"]
-    if columns["split"] is not None and (require_label or columns["split"] in table.columns):
+    if columns["split"] is not None and (require_label or columns["split"] in table.frame.columns):
         wanted["split"] = columns["split"]
-    _check_columns(table, name, wanted)
+    _check_columns(table, wanted)
 
-    n = len(table)
-    cells = {role: table[column].tolist() for role, column in wanted.items()}
+    n = len(table.frame)
+    cells = {role: table.frame[column].tolist() for role, column in wanted.items()}
     allowed_list = labels if labels is not None else data.labels
     allowed = {str(v) for v in allowed_list} if allowed_list is not None and task != "regression" else None
 
@@ -254,6 +367,9 @@ def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: 
     # Cheap checks first (text, label, split, path syntax); media files are decoded afterwards,
     # once per unique file and only for rows that are otherwise good.
     for i in range(n):
+        if i in table.undecodable:
+            bad.append(BadRow(name, i + 1, "row", table.undecodable[i]))
+            continue
         record: dict[str, Any] = {"row": i + 1}
         role = ""
         try:

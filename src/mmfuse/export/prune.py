@@ -17,7 +17,8 @@ from torch.nn.utils import prune
 
 from ..errors import MmfuseError
 from ..features import Features
-from ..train import drop_modalities, make_loader
+from ..data.batching import make_loader
+from ..train import drop_modalities
 
 log = logging.getLogger(__name__)
 ENCODE_CHUNK = 256

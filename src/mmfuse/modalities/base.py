@@ -80,11 +80,20 @@ class Modality:
         text = (os.fspath(cell) if isinstance(cell, os.PathLike) else str(cell)).strip()
         if not text:
             return None
+        if "\0" in text:  # no file has such a name; the operating system refuses it outright
+            raise MediaError("the path contains a NUL byte")
         if _URL.match(text):
             raise MediaError(f"URLs are not supported: download the {self.name} files and point at local files")
         # Relative paths are relative to the table file, not the working directory, so a data
         # folder can be moved or run from anywhere.
-        return os.path.abspath(os.path.join(base, os.path.expanduser(text)))
+        path = os.path.abspath(os.path.join(base, os.path.expanduser(text)))
+        if getattr(data, "confine_paths", False):
+            # Symlinks resolved: a link inside the folder that points out of it is outside.
+            real, folder = os.path.realpath(path), os.path.realpath(base)
+            if os.path.commonpath([real, folder]) != folder:
+                raise MediaError(f"path outside the table's folder (data.confine_paths): {text!r}")
+            return real  # the checked file, not a name a link swapped later could redirect
+        return path
 
     def check(self, value: Any, data: Any) -> str | None:
         """The reason `value` cannot be used, or None (file modalities decode it fully once)."""
