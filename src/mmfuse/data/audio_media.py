@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import struct
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
+from .files import open_regular
 from .media import SNIFF_BYTES, MediaError, _looks_like_text, sniff
 
 __all__ = ["AUDIO_FORMATS", "audio_info", "check_audio", "decode_audio_bytes", "open_audio"]
@@ -148,43 +148,6 @@ def _truncation(handle: IO[bytes], size: int) -> str | None:
 
 # ----- opening --------------------------------------------------------------------------------
 
-def _open_regular(path: Path) -> IO[bytes]:
-    """The file opened for reading, refusing anything that is not a regular file *before* open()."""
-    try:
-        status = os.stat(path)
-    except FileNotFoundError:
-        raise MediaError(f"file not found: {path}") from None
-    except OSError as error:
-        raise MediaError(f"cannot read file: {error.strerror or error}") from None
-    _check_regular(status.st_mode, path)
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed by the caller
-    except OSError as error:
-        raise MediaError(f"cannot read file: {error.strerror or error}") from None
-    try:
-        _check_regular(os.fstat(handle.fileno()).st_mode, path)  # replaced between stat and open
-    except MediaError:
-        handle.close()
-        raise
-    return handle
-
-
-def _check_regular(mode: int, path: Path) -> None:
-    if stat.S_ISREG(mode):
-        return
-    if stat.S_ISDIR(mode):
-        kind = "a directory"
-    elif stat.S_ISFIFO(mode):
-        kind = "a FIFO"
-    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        kind = "a device"
-    elif stat.S_ISSOCK(mode):
-        kind = "a socket"
-    else:
-        kind = "not a regular file"
-    raise MediaError(f"not a file ({kind}): {path}")
-
-
 def _size(handle: IO[bytes]) -> int:
     handle.seek(0, os.SEEK_END)
     size = handle.tell()
@@ -289,7 +252,7 @@ def open_audio(path: str | os.PathLike[str], *, max_seconds: float = DEFAULT_MAX
     """
     _check_caps(max_seconds, sample_rate)
     path = Path(path)
-    with _open_regular(path) as handle:
+    with open_regular(path) as handle:
         return _decode(handle, _size(handle), max_seconds=max_seconds, sample_rate=int(sample_rate))
 
 
@@ -308,7 +271,7 @@ def audio_info(path: str | os.PathLike[str], *, max_seconds: float = float("inf"
     frames, seconds. Raises MediaError for everything `open_audio` refuses before decoding
     (by default without a duration cap)."""
     path = Path(path)
-    with _open_regular(path) as handle:
+    with open_regular(path) as handle:
         sound, truncated = _open_sound(handle, _size(handle))
         with sound:
             info = _header(sound, max_seconds=max_seconds)

@@ -12,13 +12,14 @@ import math
 import os
 import re
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["MediaError", "allowed_formats", "check_image", "clean_text", "open_image", "sniff"]
+from .files import MediaError, open_regular
+
+__all__ = ["MediaError", "allowed_formats", "check_image", "clean_text", "open_image", "reduced", "sniff"]
 
 SNIFF_BYTES = 1024
 
@@ -30,10 +31,6 @@ _REFUSED_FORMATS = {"EPS"}
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 # High-bit-depth single-channel modes that `convert("RGB")` would clip instead of scale.
 _WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
-
-
-class MediaError(Exception):
-    """A media file or text cell cannot be used; str(error) is a short human reason."""
 
 
 # ----- images ---------------------------------------------------------------------------------
@@ -142,47 +139,56 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         raise MediaError(f"unsupported image mode {im.mode}: {error}") from None
 
 
-def open_image(path: str | os.PathLike[str], *, max_pixels: int) -> Image.Image:
+def open_image(path: str | os.PathLike[str], *, max_pixels: int, reduce_to: int | None = None) -> Image.Image:
     """Decode one image fully into RGB, or raise MediaError. Never returns a half-decoded image.
 
-    Order matters: sniff the bytes, read only the header, check the pixel count, and only then
-    decode — so a decompression bomb is refused before any large allocation.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(SNIFF_BYTES)
-    except FileNotFoundError:
-        raise MediaError(f"file not found: {path}") from None
-    except IsADirectoryError:
-        raise MediaError(f"not a file (a directory): {path}") from None
-    except OSError as error:
-        raise MediaError(f"cannot read file: {error.strerror or error}") from None
-    reason = sniff(head)
-    if reason is not None:
-        raise MediaError(reason)
+    Order matters: open only a regular file (a FIFO cannot hang us), sniff the bytes, read only the
+    header, check the pixel count, and only then decode — so a decompression bomb is refused before
+    any large allocation.
 
+    `reduce_to` (for a caller that will shrink the image anyway, e.g. a server that knows its
+    model's input side): decode only about as large as needed while keeping both sides at least
+    `reduce_to` — a JPEG is decoded at 1/2, 1/4 or 1/8 scale (`draft`), any other format is
+    averaged down by a whole factor right after loading, and the full-size decode is dropped at
+    once. Training leaves it None: its encoders resize (and augment) from the full image.
+    """
+    with open_regular(path) as handle:
+        try:
+            head = handle.read(SNIFF_BYTES)
+            handle.seek(0)
+        except OSError as error:
+            raise MediaError(f"cannot read file: {error.strerror or error}") from None
+        reason = sniff(head)
+        if reason is not None:
+            raise MediaError(reason)
+        return _decode(handle, head, max_pixels=max_pixels, reduce_to=reduce_to)
+
+
+def _decode(handle: Any, head: bytes, *, max_pixels: int, reduce_to: int | None) -> Image.Image:
     _raise_pil_limit(max_pixels)
     try:
         with warnings.catch_warnings():
             # Our max_pixels check is authoritative; PIL's warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path, formats=allowed_formats()) as im:
+            with Image.open(handle, formats=allowed_formats()) as im:
                 width, height = im.size
                 if width * height > max_pixels:
                     raise MediaError(
                         f"image too large: {width}×{height} = {width * height:,} pixels "
                         f"(max_pixels is {max_pixels:,})"
                     )
+                if reduce_to:
+                    im.draft(None, (reduce_to, reduce_to))  # JPEG only; a no-op for other formats
                 # load() decodes everything (first frame of animations); a truncated stream
                 # raises here rather than being padded with grey, as long as nobody has set
                 # PIL's global ImageFile.LOAD_TRUNCATED_IMAGES.
                 im.load()
+                small = reduced(im, reduce_to) if reduce_to else im
                 try:
-                    oriented = ImageOps.exif_transpose(im)
+                    oriented = ImageOps.exif_transpose(small)
                 except Exception:  # noqa: BLE001 - a broken EXIF block should not cost the image
-                    oriented = im
-                return _to_rgb(oriented if oriented is not None else im)
+                    oriented = small
+                return _to_rgb(oriented if oriented is not None else small)
     except MediaError:
         raise
     except Image.DecompressionBombError as error:
@@ -199,6 +205,22 @@ def open_image(path: str | os.PathLike[str], *, max_pixels: int) -> Image.Image:
         # Decoders signal damage with many exception types; all mean the same to the user.
         detail = str(error) or type(error).__name__
         raise MediaError(f"truncated or corrupt image: {detail}") from None
+
+
+def reduced(im: Image.Image, side: int) -> Image.Image:
+    """`im` averaged down by the largest whole factor that keeps both sides >= `side` (itself when
+    that factor is 1). Palettes, 1-bit, 16-bit and colour-key transparency are resolved first, as
+    `_to_rgb` would: their raw values cannot be averaged."""
+    factor = min(im.width // side, im.height // side)
+    if factor < 2:
+        return im
+    if im.mode in ("P", "PA") or "transparency" in im.info:
+        im = im.convert("RGBA")
+    elif im.mode == "1":
+        im = im.convert("L")
+    elif im.mode in _WIDE_MODES:
+        im = _scale_wide(im)
+    return im.reduce(factor)
 
 
 def check_image(path: str | os.PathLike[str], *, max_pixels: int) -> str | None:
@@ -229,6 +251,20 @@ def clean_text(value: Any, *, max_chars: int) -> str:
     text = value.replace("\x00", "").strip()
     if not text:
         raise MediaError("empty text")
+    _check_unicode(text)
     if len(text) > max_chars:
         text = text[:max_chars].rstrip()
     return text
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _check_unicode(text: str) -> None:
+    """Refuse a lone surrogate (JSON may escape one, `"\\ud800"`; a server reading raw invalid
+    UTF-8 with `surrogateescape` turns each bad byte into one): such a string cannot be encoded,
+    and would fail deep inside tokenizers, pandas or the feature cache instead of here."""
+    found = _SURROGATE.search(text)
+    if found is not None:
+        raise MediaError(f"not valid Unicode text: invalid UTF-8 or a lone surrogate "
+                         f"(U+{ord(found.group()):04X}) at character {found.start()}")

@@ -5,6 +5,7 @@ import io
 import os
 import random
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -87,24 +88,49 @@ class ImageModality(Modality):
     def from_upload(self, data: bytes, field: str, folder: Path, limits: dict[str, Any]) -> Decoded:
         """Vet uploaded image bytes, cheapest check first: sniff, then the header (format allowlist,
         pixel count: a decompression bomb costs nothing), then the full decode of the stored file
-        (truncation, bad data) with `open_image`, the code that vets training images."""
+        (truncation, bad data) with `open_image`, the code that vets training images.
+
+        With `limits["image_size"]` (the served model's input side) only a reduced image is kept
+        (see `upload_side`), and at most `_DECODE_SLOTS` uploads decode at once, so concurrent
+        requests of huge images cannot add up to the machine's memory."""
         max_pixels = limits["max_pixels"]
         if not data:
             raise MediaError("empty image")
-        kind = _header_format(data, max_pixels)
+        kind, _ = _header(data, max_pixels, None)
         handle, path = tempfile.mkstemp(suffix=_SUFFIX[kind], dir=folder)
         with os.fdopen(handle, "wb") as out:
             out.write(data)
         try:
-            image = open_image(path, max_pixels=max_pixels)
+            with _DECODE_SLOTS:
+                image = open_image(path, max_pixels=max_pixels, reduce_to=upload_side(limits))
         except MediaError:
             os.unlink(path)
             raise
         return Decoded(path, image)
 
+    def decoded_pixels(self, data: bytes, limits: dict[str, Any]) -> int:
+        """How many pixels `from_upload` would decode (after a JPEG's reduced-scale draft), read
+        from the header alone: a server caps their sum per request before decoding any."""
+        return _header(data, limits["max_pixels"], upload_side(limits))[1]
 
-def _header_format(data: bytes, max_pixels: int) -> str:
-    """The image format, after checking the declared size — nothing is decoded yet."""
+
+# Decoding is CPU-bound: more concurrent decodes than cores only adds memory (a full-size decode
+# of a 25-megapixel image is ~100 MB until it is reduced).
+_DECODE_SLOTS = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
+# A kept upload is at least this many times the model's input side: the encoder's own
+# antialiased resize still does the final filtering, so answers stay close to a full decode's.
+UPLOAD_SIDE_FACTOR = 4
+
+
+def upload_side(limits: dict[str, Any]) -> int | None:
+    """The side an upload is reduced towards (None: keep the full image)."""
+    size = limits.get("image_size")
+    return UPLOAD_SIDE_FACTOR * size if size else None
+
+
+def _header(data: bytes, max_pixels: int, side: int | None) -> tuple[str, int]:
+    """(format, pixels a decode would allocate), after checking the declared size — nothing is
+    decoded yet. With `side`, a JPEG counts at the reduced scale it will be decoded at."""
     reason = media.sniff(data[: media.SNIFF_BYTES])
     if reason is not None:
         raise MediaError(reason)
@@ -113,6 +139,9 @@ def _header_format(data: bytes, max_pixels: int) -> str:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS)) as im:
                 width, height, kind = im.width, im.height, im.format
+                if width * height <= max_pixels and side:
+                    im.draft(None, (side, side))
+                decoded = im.width * im.height
     except Image.DecompressionBombError:
         raise MediaError(f"image too large (max {max_pixels:,} pixels)") from None
     except UnidentifiedImageError:
@@ -121,7 +150,7 @@ def _header_format(data: bytes, max_pixels: int) -> str:
         raise MediaError(f"truncated or corrupt image: {error or type(error).__name__}") from None
     if width * height > max_pixels:
         raise MediaError(f"image too large: {width}×{height} = {width * height:,} pixels (max {max_pixels:,})")
-    return kind
+    return kind, decoded
 
 
 def _unsupported(data: bytes) -> str:

@@ -71,7 +71,8 @@ def create_app(settings: ServeSettings, *, load: Callable[[], Any] | None = None
     install_handlers(app, metrics.count_error)
     # add_middleware puts each new one outside the previous: BodyLimit is the outer one.
     app.add_middleware(RequestMetrics, metrics=metrics)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, count_error=metrics.count_error)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
+                       count_error=metrics.count_error)
     app.include_router(health)
     app.include_router(api)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -121,14 +122,18 @@ class RequestMetrics:
 
 
 def serve(settings: ServeSettings) -> None:
-    """Run the server in the foreground (uvicorn) until interrupted."""
-    import uvicorn
-
+    """Run the server in the foreground (uvicorn) until interrupted; MmfuseError if the model
+    fails to load (the server stops rather than stay up without a model)."""
+    from ..errors import MmfuseError
     from .security import check_bind
+    from .server import make_server
 
     check_bind(settings.host, settings.token)
     app = create_app(settings)
     log.info("serving %s on http://%s:%d (batching %s, auth %s)", settings.model_dir, settings.host,
              settings.port, "on" if settings.batching else "off", "on" if settings.token else "off")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", server_header=False,
-                timeout_graceful_shutdown=5)
+    server = make_server(app, host=settings.host, port=settings.port, exit_on_failed_load=True)
+    server.run()
+    failure = server.model_failed()
+    if failure is not None:
+        raise MmfuseError(f"the model failed to load: {failure}")

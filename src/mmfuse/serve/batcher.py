@@ -14,6 +14,10 @@ task takes the first request, then keeps taking more until the batch holds `max_
 `max_wait_s` has passed since that first request, and runs the batch in a single-thread executor,
 so the event loop keeps accepting requests while the model works. With batching off it runs one
 request at a time through the same path, which keeps the comparison fair.
+
+One request must not fail its neighbours: when a batch raises, its requests are run again one by
+one, and only the one that raises gets the exception. At shutdown (`close`) the requests still
+waiting are answered `Closed` (a 503) at once instead of being cut off by the server.
 """
 from __future__ import annotations
 
@@ -26,6 +30,10 @@ from typing import Any, Callable, Sequence
 
 class Overloaded(Exception):
     """The queue is full: the caller should answer 503 with Retry-After."""
+
+
+class Closed(Exception):
+    """The server is shutting down: the caller should answer 503."""
 
 
 @dataclass
@@ -44,6 +52,7 @@ class MicroBatcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmfuse-model")
         self._carry: _Job | None = None  # a job that did not fit the previous batch
         self._worker: asyncio.Task | None = None
+        self.closed = False
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._loop(), name="mmfuse-batcher")
@@ -54,11 +63,23 @@ class MicroBatcher:
             await asyncio.gather(self._worker, return_exceptions=True)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
+    def close(self) -> None:
+        """Refuse new jobs and answer the waiting ones `Closed`; the batch in the model finishes."""
+        self.closed = True
+        waiting = [self._carry] if self._carry is not None else []
+        self._carry = None
+        while not self.queue.empty():
+            waiting.append(self.queue.get_nowait())
+        for job in waiting:
+            _fail(job, Closed("the server is shutting down"))
+
     def depth(self) -> int:
         return self.queue.qsize() + (self._carry is not None)
 
     async def submit(self, rows: Sequence[Any]) -> list[Any]:
         """The results for `rows`, computed in some batch. Cancelling the caller drops the job."""
+        if self.closed:
+            raise Closed("the server is shutting down")
         job = _Job(rows, asyncio.get_running_loop().create_future())
         try:
             self.queue.put_nowait(job)
@@ -92,24 +113,37 @@ class MicroBatcher:
         return batch
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = [job for job in await self._next_batch() if not job.future.done()]  # drop timed-out jobs
             if not batch:
                 continue
-            rows = [row for job in batch for row in job.rows]
-            started = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self.executor, self.run, rows)
-            except Exception as error:  # noqa: BLE001 - handed to every waiting request
+                await self._forward(batch)
+            except Exception as error:  # noqa: BLE001 - handed to the request that caused it
+                if len(batch) == 1:
+                    _fail(batch[0], error)
+                    continue
+                # Which request broke the pass? Run each on its own; only the culprit fails.
                 for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(error)
-                continue
-            if self.on_batch is not None:
-                self.on_batch(len(rows), len(batch), time.perf_counter() - started)
-            start = 0
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_result(results[start : start + len(job.rows)])
-                start += len(job.rows)
+                    try:
+                        await self._forward([job])
+                    except Exception as own:  # noqa: BLE001
+                        _fail(job, own)
+
+    async def _forward(self, batch: list[_Job]) -> None:
+        """One forward pass over the batch's rows; each job gets its slice of the results."""
+        rows = [row for job in batch for row in job.rows]
+        started = time.perf_counter()
+        results = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, rows)
+        if self.on_batch is not None:
+            self.on_batch(len(rows), len(batch), time.perf_counter() - started)
+        start = 0
+        for job in batch:
+            if not job.future.done():
+                job.future.set_result(results[start : start + len(job.rows)])
+            start += len(job.rows)
+
+
+def _fail(job: _Job, error: BaseException) -> None:
+    if not job.future.done():
+        job.future.set_exception(error)

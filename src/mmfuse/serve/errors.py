@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger("mmfuse.serve")
 
 HTTP_KINDS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-              413: "too_large", 415: "unsupported_media_type", 422: "invalid_input"}
+              408: "timeout", 413: "too_large", 415: "unsupported_media_type", 422: "invalid_input"}
 
 
 class ApiError(Exception):
@@ -44,11 +44,17 @@ def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     path = ""
     for part in parts:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "body"
+    return printable(path or "body")
+
+
+def printable(text: str | None) -> str | None:
+    """`text` safe to encode as UTF-8: a field name may hold lone surrogates (a raw invalid byte
+    in a JSON key), which would turn the error answer itself into a 500."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def error_response(error: ApiError) -> JSONResponse:
-    body = {"error": error.kind, "field": error.field, "message": error.message}
+    body = {"error": error.kind, "field": printable(error.field), "message": printable(error.message)}
     return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
@@ -60,16 +66,16 @@ def install_handlers(app: FastAPI, count_error: Callable[[str], None]) -> None:
     async def on_validation(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = error.errors()
         first = problems[0] if problems else {"loc": ("body",), "msg": "invalid request"}
-        details = [{"field": field_path(p.get("loc", ())), "message": p.get("msg", "")} for p in problems]
+        details = [{"field": field_path(p.get("loc", ())), "message": printable(p.get("msg", ""))} for p in problems]
         count_error("invalid_input")
         body = {"error": "invalid_input", "field": field_path(first.get("loc", ())),
-                "message": first.get("msg", "invalid request"), "details": details[:20]}
+                "message": printable(first.get("msg", "invalid request")), "details": details[:20]}
         return JSONResponse(body, status_code=422)
 
     async def on_http(request: Request, error: StarletteHTTPException) -> JSONResponse:
         kind = HTTP_KINDS.get(error.status_code, "http_error")
         count_error(kind)
-        field = "body" if error.status_code in (400, 413) else None
+        field = "body" if error.status_code in (400, 408, 413) else None
         body = {"error": kind, "field": field, "message": str(error.detail)}
         return JSONResponse(body, status_code=error.status_code, headers=getattr(error, "headers", None))
 

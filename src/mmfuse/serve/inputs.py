@@ -7,6 +7,9 @@ the input's identity for the feature caches; the caller deletes it after the req
 them on decoded (`Decoded`), so the Predictor does not decode them again. A string modality
 (text) goes through its spec's `parse`. A refusal (`MediaError`) becomes a 422 naming the field
 (or the status the error carries, e.g. 415 for an image format outside the allowlist).
+
+A request's images are also capped together (`check_request_pixels`), from their headers before
+any is decoded: a file modality that decodes to pixels offers `decoded_pixels(data, limits)`.
 """
 from __future__ import annotations
 
@@ -90,6 +93,26 @@ def make_row(values: dict[str, bytes | str], *, where: str, limits: dict[str, An
     return row
 
 
+def check_request_pixels(rows: list[tuple[str, dict[str, Any]]], limits: dict[str, Any], cap: int) -> None:
+    """Refuse (413, naming the file that passes the cap) a request whose files would decode to more
+    than `cap` pixels in all. `rows`: (field prefix, raw values) per row."""
+    total = 0
+    for where, values in rows:
+        for name, value in values.items():
+            measure = getattr(MODALITIES[name], "decoded_pixels", None)
+            if measure is None or not isinstance(value, bytes) or not value:
+                continue  # not a pixel modality, not sent, or left for make_row to refuse
+            field = f"{where}{name}"
+            try:
+                total += measure(value, limits)
+            except MediaError as error:
+                raise invalid(field, str(error), status=getattr(error, "status", 422)) from None
+            if total > cap:
+                raise invalid(field, f"the request's images would decode to {total:,} pixels in all, more than "
+                                     f"this server's {cap:,} (max_request_pixels): send fewer or smaller images "
+                                     "per request", status=413)
+
+
 def discard(rows: list[ModelRow]) -> None:
     """Delete the rows' temp files (safe to call twice)."""
     for row in rows:
@@ -101,4 +124,5 @@ def discard(rows: list[ModelRow]) -> None:
                     pass
 
 
-__all__ = ["ApiError", "ModelRow", "check_string", "decode_base64", "discard", "make_row", "save_upload"]
+__all__ = ["ApiError", "ModelRow", "check_request_pixels", "check_string", "decode_base64", "discard",
+           "make_row", "save_upload"]

@@ -1,12 +1,19 @@
-"""The request body cap, enforced while the body is read — not after it is all in memory.
+"""The request body cap and deadline, enforced while the body is read — not after it is all in memory.
 
 An announced Content-Length over the cap is refused before a byte is read; a chunked body is
 counted as it streams and refused the moment it passes the cap. Ours rather than FastAPI's
 `max_body_size` (Starlette's RequestBodyLimitMiddleware) only because that one answers the
 announced case in plain text, and every refusal here is JSON naming the field.
+
+The whole body must arrive within `timeout_s` of the request's start (408, and the connection is
+closed): a client trickling one byte a second would otherwise hold a connection and a worker for
+as long as it likes. Once the body is in, `receive` is passed through untouched (it then only
+waits for a disconnect, which may take as long as the response does).
 """
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Callable
 
 from starlette.exceptions import HTTPException
@@ -21,8 +28,8 @@ def too_large(limit: int, size: int | None = None) -> str:
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, *, max_bytes: int, count_error: Callable[[str], None]):
-        self.app, self.max_bytes, self.count_error = app, max_bytes, count_error
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout_s: float, count_error: Callable[[str], None]):
+        self.app, self.max_bytes, self.timeout_s, self.count_error = app, max_bytes, timeout_s, count_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -34,13 +41,23 @@ class BodyLimit:
             error = ApiError(413, "too_large", too_large(self.max_bytes, int(declared)), field="body")
             await error_response(error)(scope, receive, send)
             return
-        received = 0
+        received, complete = 0, False
+        deadline = time.monotonic() + self.timeout_s
 
         async def counted() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                # Raised inside body parsing like the 413 below; `Connection: close` because the
+                # rest of the body may still be on its way.
+                raise HTTPException(408, f"request body not received within {self.timeout_s:g} s",
+                                    headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > self.max_bytes:
                     # Raised inside body parsing: FastAPI passes HTTPExceptions through to our
                     # handler, which answers 413 in JSON (counted there).

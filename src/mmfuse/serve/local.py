@@ -7,8 +7,9 @@ import threading
 import time
 from typing import Iterator
 
-import uvicorn
 from fastapi import FastAPI
+
+from .server import make_server
 
 
 def free_port() -> int:
@@ -18,11 +19,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(app: FastAPI, *, startup_timeout_s: float = 30.0) -> Iterator[str]:
-    """Serve `app` on http://127.0.0.1:PORT while the block runs; yields that base URL."""
+def running(app: FastAPI, *, startup_timeout_s: float = 30.0, log_level: str = "warning") -> Iterator[str]:
+    """Serve `app` on http://127.0.0.1:PORT while the block runs; yields that base URL. The server
+    is `mmfuse serve`'s (same timeouts and limits), except that it stays up if the model fails."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on", server_header=False))
+    server = make_server(app, host="127.0.0.1", port=port, log_level=log_level)
     thread = threading.Thread(target=server.run, name="mmfuse-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout_s

@@ -1,6 +1,10 @@
 """The HTTP endpoints: health, info, metrics, predict (JSON and multipart), embed.
 
 No modality is named here: rows, form parts and contributions follow `mmfuse.modalities.MODALITIES`.
+
+A request's `timeout_s` starts once its body is in and covers decoding its inputs (in a worker
+thread), the queue and the model: past it the answer is 504 at once, and work still running for
+it stops at the next row (rows it finishes anyway are deleted).
 """
 from __future__ import annotations
 
@@ -15,9 +19,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from ..modalities import MODALITIES, Modality
-from .batcher import Overloaded
+from .batcher import Closed, Overloaded
+from .bodies import StrictRoute
 from .errors import ApiError, invalid, unavailable
-from .inputs import ModelRow, decode_base64, discard, make_row
+from .inputs import ModelRow, check_request_pixels, decode_base64, discard, make_row
 from .privacy import log_preview
 from .runner import ModelRunner, RowResult, refused
 from .schemas import (MAX_TOP_K, Contribution, EmbedRequest, EmbedResponse, Health, Info, LabelScore,
@@ -36,12 +41,16 @@ def require_token(request: Request) -> None:
 
 
 health = APIRouter(tags=["health"])
-api = APIRouter(dependencies=[Depends(require_token)])
+api = APIRouter(dependencies=[Depends(require_token)], route_class=StrictRoute)
 
 
-@health.get("/health/live", response_model=Health)
-def live() -> Health:
-    """The process answers (the model may still be loading)."""
+@health.get("/health/live", response_model=Health, responses={503: {"model": Health}})
+def live(request: Request):
+    """The process answers (the model may still be loading); 503 once the model failed to load, so
+    a supervisor restarts it (`mmfuse serve` itself exits non-zero then)."""
+    state = request.app.state.model
+    if state.status == "failed":
+        return JSONResponse(Health(status="failed", detail=state.error).model_dump(), status_code=503)
     return Health(status="live")
 
 
@@ -82,7 +91,8 @@ def info(request: Request) -> Info:
               for name in runner.modalities}
     return Info(task=runner.task, labels=runner.labels, modalities=runner.modalities, inputs=inputs,
                 search=request.app.state.search is not None, auth=settings.token is not None,
-                max_rows=settings.max_rows, max_body_bytes=settings.max_body_bytes, limits=limits)
+                max_rows=settings.max_rows, max_body_bytes=settings.max_body_bytes,
+                max_request_pixels=settings.max_request_pixels, limits=limits)
 
 
 # ----- turning requests into model rows -----------------------------------------------------
@@ -103,24 +113,23 @@ def _row(request: Request, runner: ModelRunner, values: dict[str, bytes | str | 
             raise invalid(f"{where}{name}", f"this model takes no {name} (it takes {' + '.join(runner.modalities)})")
     if not given:
         raise invalid(f"{where}{runner.modalities[0]}", _none_of(runner.modalities))
-    settings = request.app.state.settings
-    return make_row(given, where=where, limits=settings.limits(), folder=request.app.state.tmp)
+    return make_row(given, where=where, limits=_limits(request, runner), folder=request.app.state.tmp)
 
 
-def _json_rows(request: Request, runner: ModelRunner, rows: list[RowIn]) -> list[ModelRow]:
-    limit = request.app.state.settings.max_rows
-    if len(rows) > limit:
-        raise invalid("rows", f"{len(rows)} rows in one request (max {limit})")
+def _limits(request: Request, runner: ModelRunner) -> dict:
+    """The server's caps, and what the model's encoders look at (uploads decode no larger)."""
+    return {**request.app.state.settings.limits(), **runner.encoder_options}
+
+
+def _rows(request: Request, runner: ModelRunner, rows: list[tuple[str, dict]], deadline: float) -> list[ModelRow]:
+    """(field prefix, raw values) per row -> ModelRows, decoded one after the other in this worker
+    thread, after the request-wide pixel cap (read from the headers) has passed."""
+    check_request_pixels(rows, _limits(request, runner), request.app.state.settings.max_request_pixels)
     out: list[ModelRow] = []
     try:
-        for i, row in enumerate(rows):
-            where = f"rows[{i}]."
-            values: dict[str, bytes | str | None] = {}
-            for name, modality in MODALITIES.items():
-                value = getattr(row, name)
-                if value is not None and modality.is_file and name in runner.modalities:
-                    value = decode_base64(value, f"{where}{name}", name)
-                values[name] = value
+        for where, values in rows:
+            if time.monotonic() > deadline:
+                raise _timed_out(request)  # already answered 504: stop decoding for nobody
             out.append(_row(request, runner, values, where))
     except ApiError:
         discard(out)
@@ -128,14 +137,59 @@ def _json_rows(request: Request, runner: ModelRunner, rows: list[RowIn]) -> list
     return out
 
 
-async def _run(request: Request, rows: list[ModelRow]) -> list[RowResult]:
-    settings = request.app.state.settings
+def _json_rows(request: Request, runner: ModelRunner, rows: list[RowIn], deadline: float) -> list[ModelRow]:
+    limit = request.app.state.settings.max_rows
+    if len(rows) > limit:
+        raise invalid("rows", f"{len(rows)} rows in one request (max {limit})")
+    raw = []
+    for i, row in enumerate(rows):
+        where = f"rows[{i}]."
+        values: dict[str, bytes | str | None] = {}
+        for name, modality in MODALITIES.items():
+            value = getattr(row, name)
+            if value is not None and modality.is_file and name in runner.modalities:
+                value = decode_base64(value, f"{where}{name}", name)
+            values[name] = value
+        raw.append((where, values))
+    return _rows(request, runner, raw, deadline)
+
+
+def _deadline(request: Request) -> float:
+    return time.monotonic() + request.app.state.settings.timeout_s
+
+
+def _timed_out(request: Request) -> ApiError:
+    return ApiError(504, "timeout", f"no answer within {request.app.state.settings.timeout_s:g} s")
+
+
+async def _decoded(request: Request, deadline: float, build, *args) -> list[ModelRow]:
+    """`build(*args)`, which decodes rows in a worker thread, awaited until the deadline only."""
+    task = asyncio.ensure_future(run_in_threadpool(build, *args))
     try:
-        return await asyncio.wait_for(request.app.state.batcher.submit(rows), settings.timeout_s)
+        return await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        task.add_done_callback(_discard_late)
+        raise _timed_out(request) from None
+    except asyncio.CancelledError:  # the client went away
+        task.add_done_callback(_discard_late)
+        raise
+
+
+def _discard_late(task: asyncio.Future) -> None:
+    """Delete the temp files of rows decoded for a request that is already answered."""
+    if not task.cancelled() and task.exception() is None:
+        discard(task.result())
+
+
+async def _run(request: Request, rows: list[ModelRow], deadline: float) -> list[RowResult]:
+    try:
+        return await asyncio.wait_for(request.app.state.batcher.submit(rows), max(0.0, deadline - time.monotonic()))
     except Overloaded as error:
         raise unavailable("overloaded", f"server busy: {error}; retry shortly") from None
-    except TimeoutError:
-        raise ApiError(504, "timeout", f"no answer within {settings.timeout_s:g} s") from None
+    except Closed as error:
+        raise unavailable("shutting_down", f"{error}; retry shortly") from None
+    except asyncio.TimeoutError:
+        raise _timed_out(request) from None
 
 
 # ----- predictions ----------------------------------------------------------------------------
@@ -181,11 +235,11 @@ def _log_text(row: ModelRow) -> str | None:
 
 
 async def _predict(request: Request, runner: ModelRunner, rows: list[ModelRow], top_k: int,
-                   explain: bool) -> PredictResponse:
+                   explain: bool, deadline: float) -> PredictResponse:
     started = time.perf_counter()
     todo, plan = _explained(rows, explain)
     try:
-        results = await _run(request, todo)
+        results = await _run(request, todo, deadline)
     finally:
         discard(rows)  # the rows without a modality share these files
     predictions = []
@@ -207,15 +261,15 @@ async def _predict(request: Request, runner: ModelRunner, rows: list[ModelRow], 
 @api.post("/predict", response_model=PredictResponse, tags=["model"])
 async def predict(request: Request, body: PredictRequest) -> PredictResponse:
     """Predict one row or a batch (JSON; files base64). Any input may be left out."""
-    runner = runner_of(request)
-    rows = await run_in_threadpool(_json_rows, request, runner, body.rows)
-    return await _predict(request, runner, rows, body.top_k, body.explain)
+    runner, deadline = runner_of(request), _deadline(request)
+    rows = await _decoded(request, deadline, _json_rows, request, runner, body.rows, deadline)
+    return await _predict(request, runner, rows, body.top_k, body.explain, deadline)
 
 
 async def predict_upload(request: Request, top_k: int = 3, explain: bool = False, **parts) -> PredictResponse:
     """Predict one row from a multipart form: a file part per file input (image, audio, ...) and a
     form field per text input, each optional."""
-    runner = runner_of(request)
+    runner, deadline = runner_of(request), _deadline(request)
     values: dict[str, bytes | str | None] = {}
     for name, modality in MODALITIES.items():
         part = parts.get(name)
@@ -223,8 +277,8 @@ async def predict_upload(request: Request, top_k: int = 3, explain: bool = False
             # An empty file input of a browser form (no name, no bytes) means "no file".
             part = await part.read() if (part.filename or part.size) else None
         values[name] = part
-    row = await run_in_threadpool(_row, request, runner, values, "")
-    return await _predict(request, runner, [row], top_k, explain)
+    rows = await _decoded(request, deadline, _rows, request, runner, [("", values)], deadline)
+    return await _predict(request, runner, rows, top_k, explain, deadline)
 
 
 def _upload_part(name: str, modality: Modality) -> inspect.Parameter:
@@ -251,10 +305,10 @@ api.post("/predict/upload", response_model=PredictResponse, tags=["model"])(pred
 @api.post("/embed", response_model=EmbedResponse, tags=["model"])
 async def embed(request: Request, body: EmbedRequest) -> EmbedResponse:
     """The fused representation (the task head's input) of each row."""
-    runner = runner_of(request)
-    rows = await run_in_threadpool(_json_rows, request, runner, body.rows)
+    runner, deadline = runner_of(request), _deadline(request)
+    rows = await _decoded(request, deadline, _json_rows, request, runner, body.rows, deadline)
     try:
-        results = await _run(request, rows)
+        results = await _run(request, rows, deadline)
     finally:
         discard(rows)
     vectors = []

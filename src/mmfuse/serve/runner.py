@@ -12,6 +12,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from ..modalities import MODALITIES
 from .errors import invalid
 from .feature_lru import FeatureLRU
 from .inputs import ModelRow
@@ -39,6 +40,10 @@ class ModelRunner:
         # to that name.
         columns, resolved = config.data.columns, config.data.resolved_columns()
         self.column = {m: getattr(columns, m) or resolved[m] for m in self.modalities}
+        # What the encoders look at (image_size, max_tokens, ...): uploads are decoded no larger
+        # than the model needs (ImageModality.from_upload).
+        self.encoder_options = {key: value for m in self.modalities
+                                for key, value in MODALITIES[m].encoder_options(getattr(config.encoders, m)).items()}
 
     def __call__(self, rows: list[ModelRow]) -> list[RowResult]:
         table = [{self.column[m]: value for m, value in row.values.items() if m in self.column} for row in rows]

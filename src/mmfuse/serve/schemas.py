@@ -108,6 +108,7 @@ class Info(BaseModel):
     auth: bool
     max_rows: int
     max_body_bytes: int
+    max_request_pixels: int = Field(description="Decoded image pixels in one request, all rows together.")
     limits: dict[str, int | float] = Field(description="Every input cap of this server.")
 
 

@@ -89,10 +89,11 @@ def _thumbnail(record: dict[str, Any]) -> str | None:
 
 
 def attach_search(app: FastAPI, directory: Path) -> None:
+    from .bodies import StrictRoute
     from .routes import require_token
 
     app.state.search = SearchIndex(directory)
-    router = APIRouter(dependencies=[Depends(require_token)], tags=["search"])
+    router = APIRouter(dependencies=[Depends(require_token)], tags=["search"], route_class=StrictRoute)
 
     @router.post("/search", response_model=SearchResponse)
     async def search(request: Request, body: SearchRequest) -> SearchResponse:

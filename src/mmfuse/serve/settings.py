@@ -44,8 +44,16 @@ class _Settings:
     max_queue: int = 256              # waiting requests before answering 503
     max_rows: int = min(64, MAX_FORWARD_ROWS // EXPLAIN_FACTOR)  # rows in one request
     max_body_bytes: int = 8 * MiB
-    timeout_s: float = 30.0           # per request, queueing included
+    timeout_s: float = 30.0           # per request once its body is in: decoding, queue and model
     mask_pii: bool = False            # mask emails / phone numbers / id numbers in logged texts
+    # Decoded image pixels in one request, summed over its rows (read from the headers first):
+    # 64 rows of 5000x5000 images are 1.6 G pixels even when every one is under max_pixels.
+    max_request_pixels: int = 100_000_000
+    # Slow clients: a request's headers must arrive within header_timeout_s (else the connection is
+    # closed) and its body within body_timeout_s (else 408); open connections are capped.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 1000
 
     def limits(self) -> dict[str, Any]:
         """Every modality's caps as this server applies them (the `limits` of `from_upload`)."""
@@ -53,7 +61,8 @@ class _Settings:
 
     def check(self) -> "ServeSettings":
         counts = {"max_batch": self.max_batch, "max_queue": self.max_queue, "max_rows": self.max_rows,
-                  "max_body_bytes": self.max_body_bytes, **self.limits()}
+                  "max_body_bytes": self.max_body_bytes, "max_request_pixels": self.max_request_pixels,
+                  "max_connections": self.max_connections, **self.limits()}
         caps = limit_fields()
         for name, value in counts.items():
             whole = name not in caps or caps[name][1] is int
@@ -67,6 +76,8 @@ class _Settings:
             raise ConfigError(f"--max-rows must be at most {MAX_FORWARD_ROWS // EXPLAIN_FACTOR} (got {self.max_rows})")
         if self.max_wait_ms < 0 or self.timeout_s <= 0:
             raise ConfigError("--max-wait-ms must be >= 0 and --timeout must be > 0")
+        if not (self.header_timeout_s > 0 and self.body_timeout_s > 0):
+            raise ConfigError("header_timeout_s and body_timeout_s must be > 0")
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port must be 1..65535 (got {self.port})")
         return self

@@ -1,0 +1,138 @@
+"""The uvicorn server under the app, with what uvicorn leaves to its user.
+
+- Slow clients. uvicorn times out idle keep-alive connections only: a client that connects and
+  sends its headers one byte at a time is never cut off (h11 has no header timeout). Here a
+  connection whose request headers are not complete within `header_timeout_s` is closed, and
+  connections beyond `max_connections` are closed as soon as they open (each holds a socket and
+  buffers before it sends a byte); beyond max_connections requests in progress, uvicorn answers
+  503 (`limit_concurrency`). A slow body gets 408 from `limits.BodyLimit`. So a slow client holds
+  a connection for at most header_timeout_s + body_timeout_s, never more than max_connections
+  connections are open at once, and h11 buffers at most 16 KiB of incomplete headers for each.
+- Shutdown with a backlog: uvicorn waits `timeout_graceful_shutdown` for open requests, then
+  cancels them and answers each a plain-text 500. Here the batcher is closed first, so requests
+  still queued for the model get a JSON 503 at once and only the batch in the model finishes.
+- Secrets in URLs: the access log writes each request's path and query string; the values of
+  query parameters named like a credential (`?token=...`) are redacted first.
+- A model that fails to load: with `exit_on_failed_load` (`mmfuse serve`) the server stops and
+  `serve` raises, so the process exits non-zero instead of staying up and useless.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import socket
+from typing import Any
+from urllib.parse import unquote_plus
+
+import h11
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+GRACEFUL_SHUTDOWN_S = 5
+KEEP_ALIVE_S = 5
+# Query parameters whose values never reach a log (compared lower-case, after URL-decoding).
+SECRET_PARAMETERS = re.compile(r"(.*[_-])?(token|api[_-]?key|key|secret|password|passwd|auth|signature|sig)")
+
+
+class GuardedH11(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for request headers and a cap on open connections."""
+
+    def __init__(self, *args: Any, header_timeout_s: float, max_connections: int, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.header_timeout_s, self.max_connections = header_timeout_s, max_connections
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            transport.close()
+            return
+        self._watch_headers()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # IDLE: the client has not finished a request's headers yet (h11 buffers partial ones).
+        if self.conn.their_state is h11.IDLE:
+            self._watch_headers()
+        else:
+            self._stop_watching()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_watching()
+        super().connection_lost(exc)
+
+    def _watch_headers(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _stop_watching(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
+def redact_query(path: str) -> str:
+    """`/predict?token=abc&x=1` -> `/predict?token=[REDACTED]&x=1` (any credential-like name)."""
+    base, mark, query = path.partition("?")
+    if not mark:
+        return path
+    parts = []
+    for part in query.split("&"):
+        name, equals, _ = part.partition("=")
+        secret = equals and SECRET_PARAMETERS.fullmatch(unquote_plus(name).lower())
+        parts.append(f"{name}=[REDACTED]" if secret else part)
+    return base + "?" + "&".join(parts)
+
+
+class RedactQuery(logging.Filter):
+    """On uvicorn's access log, whose record arguments are (client, method, path?query, http, status)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_query(arg) if isinstance(arg, str) and "?" in arg else arg
+                                for arg in record.args)
+        return True
+
+
+class Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: FastAPI, *, exit_on_failed_load: bool):
+        super().__init__(config)
+        self.app, self.exit_on_failed_load = app, exit_on_failed_load
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.exit_on_failed_load and self.app.state.model.status == "failed":
+            return True
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        batcher = getattr(self.app.state, "batcher", None)
+        if batcher is not None:
+            batcher.close()  # queued requests: JSON 503 now, not a plain-text 500 after the grace period
+        await super().shutdown(sockets)
+
+    def model_failed(self) -> str | None:
+        state = self.app.state.model
+        return state.error if state.status == "failed" else None
+
+
+def make_server(app: FastAPI, *, host: str, port: int, log_level: str = "info",
+                exit_on_failed_load: bool = False) -> Server:
+    settings = app.state.settings
+    protocol = functools.partial(GuardedH11, header_timeout_s=settings.header_timeout_s,
+                                 max_connections=settings.max_connections)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", server_header=False,
+                            # uvicorn counts the asking connection too: requests are served up to the cap
+                            http=protocol, limit_concurrency=settings.max_connections + 1,
+                            timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    access = logging.getLogger("uvicorn.access")  # configured by uvicorn.Config above
+    if not any(isinstance(f, RedactQuery) for f in access.filters):
+        access.addFilter(RedactQuery())
+    return Server(config, app, exit_on_failed_load=exit_on_failed_load)
