@@ -39,6 +39,8 @@ CANDIDATES = {
     "b16-e4": ["train.epochs=4", "train.batch_size=16", "encoders.image.options={channels: [32, 64, 128, 128]}"],
     "narrow-b16-e6": ["train.epochs=6", "train.batch_size=16", "encoders.image.options={channels: [16, 32, 64, 128]}"],
     "narrow-b16-e4": ["train.epochs=4", "train.batch_size=16", "encoders.image.options={channels: [16, 32, 64, 128]}"],
+    "px32-e20": ["train.epochs=20", "encoders.image.image_size=32"],
+    "px32-e12": ["train.epochs=12", "encoders.image.image_size=32"],
     "px32-e8": ["train.epochs=8", "encoders.image.image_size=32",
                 "encoders.image.options={channels: [32, 64, 128]}"],
 }

@@ -294,11 +294,16 @@ def test_prediction_tables_need_no_label():
         load_manifest(rows, DataConfig(), task="classification", modalities=["text"])
 
 
-def test_prediction_tables_may_lack_a_modality_and_the_split_column():
-    """`mmfuse predict --text ...` on an image+text model with a split column configured."""
+def test_prediction_tables_lack_a_modality_only_when_it_is_left_out():
+    """A prediction table needs no split column; an input column it lacks is an error (a model
+    answering without it answers wrong without a word) unless bound to None on purpose."""
     rows = pd.DataFrame({"question": ["what color?"]})
     data = DataConfig(columns={"image": "image", "text": "question", "label": "answer", "split": "split"})
-    manifest = load_manifest(rows, data, task="classification", modalities=["image", "text"], require_label=False)
+    with pytest.raises(DataError, match="column 'image' .*not found; the table has 1 columns: 'question'"):
+        load_manifest(rows, data, task="classification", modalities=["image", "text"], require_label=False)
+    without_image = DataConfig(columns={"image": None, "text": "question", "label": "answer", "split": "split"})
+    manifest = load_manifest(rows, without_image, task="classification", modalities=["image", "text"],
+                             require_label=False)
     assert manifest.frame["image"].tolist() == [None] and manifest.frame["text"].tolist() == ["what color?"]
     with pytest.raises(DataError, match="column 'image'.*column 'question'"):
         load_manifest(pd.DataFrame({"other": [1]}), data, task="classification", modalities=["image", "text"],

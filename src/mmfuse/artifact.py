@@ -4,6 +4,7 @@ metrics.json and a README.md model card. Loading never unpickles anything.
 Frozen pretrained encoders are not copied into model.safetensors: they are rebuilt from their
 source (package, timm or transformers name) and checked against the recorded fingerprint, so an
 artifact is small and a changed backbone is caught instead of silently giving other numbers.
+Every other weight is stored, a frozen encoder's random weights included (nothing rebuilds them).
 """
 from __future__ import annotations
 
@@ -23,9 +24,14 @@ from .safe_yaml import read_yaml
 FILES = ("config.yaml", "model.safetensors", "labels.json", "encoders.json")
 
 
+def rebuilt_prefixes(model) -> tuple[str, ...]:
+    """State-dict prefixes of the encoders that loading rebuilds from their source."""
+    return tuple(f"encoders.{m}." for m, e in model.encoders.items() if e.rebuilt_on_load)
+
+
 def trainable_state(model) -> dict[str, Any]:
-    frozen = tuple(f"encoders.{m}." for m, e in model.encoders.items() if not e.trainable)
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith(frozen)}
+    rebuilt = rebuilt_prefixes(model)
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith(rebuilt)}
 
 
 def save_artifact(predictor, directory: str | Path) -> Path:
@@ -36,8 +42,8 @@ def save_artifact(predictor, directory: str | Path) -> Path:
     write_atomic(out / "config.yaml", dump_config(predictor.config))
     write_atomic(out / "model.safetensors", save(trainable_state(model)))
     write_atomic(out / "labels.json", json.dumps(predictor.labels, indent=1))
-    encoders = {m: {"trainable": e.trainable, "fingerprint": e.fingerprint(), "extra_state": e.extra_state()}
-                for m, e in model.encoders.items()}
+    encoders = {m: {"trainable": e.trainable, "stored": not e.rebuilt_on_load, "fingerprint": e.fingerprint(),
+                    "extra_state": e.extra_state()} for m, e in model.encoders.items()}
     write_atomic(out / "encoders.json", json.dumps(encoders, indent=1))
     write_atomic(out / "metrics.json", json.dumps(json_safe({"fit": predictor.fit_summary, **predictor.metrics}), indent=2))
     write_atomic(out / "README.md", model_card(predictor))
@@ -91,11 +97,8 @@ def load_artifact(cls, directory: str | Path):
             raise ArtifactError(f"{path}/encoders.json has no entry for the {modality} encoder")
         encoder.load_extra_state(info["extra_state"])
         encoder.set_trainable(info["trainable"])
-        if not encoder.trainable and encoder.fingerprint() != info["fingerprint"]:
-            raise ArtifactError(
-                f"the frozen {modality} encoder {getattr(config.encoders, modality).name!r} rebuilt here has "
-                f"fingerprint {encoder.fingerprint()}, the model was trained with {info['fingerprint']}: "
-                "different weights or preprocessing")
+        # Older artifacts have no "stored": they stored exactly the trainable encoders.
+        encoder.rebuildable = not info.get("stored", info["trainable"])
     model = build_model(config, len(predictor.labels), encoders)
     state = read_part(path / "model.safetensors", load_file)
     try:
@@ -103,11 +106,16 @@ def load_artifact(cls, directory: str | Path):
     except RuntimeError as error:  # tensor shapes differ: another config or label count
         raise ArtifactError(f"{path}/model.safetensors does not fit config.yaml and labels.json "
                             f"({brief(error)})") from None
-    expected_missing = tuple(f"encoders.{m}." for m, e in encoders.items() if not e.trainable)
-    really_missing = [k for k in result.missing_keys if not k.startswith(expected_missing)]
+    really_missing = [k for k in result.missing_keys if not k.startswith(rebuilt_prefixes(model))]
     if really_missing or result.unexpected_keys:
         raise ArtifactError(f"{path}/model.safetensors does not fit the config: missing {really_missing[:5]}, "
                             f"unexpected {result.unexpected_keys[:5]}")
+    for modality, encoder in encoders.items():  # checked once loaded: stored weights count too
+        if not encoder.trainable and encoder.fingerprint() != recorded[modality]["fingerprint"]:
+            raise ArtifactError(
+                f"the frozen {modality} encoder {getattr(config.encoders, modality).name!r} rebuilt here has "
+                f"fingerprint {encoder.fingerprint()}, the model was trained with "
+                f"{recorded[modality]['fingerprint']}: different weights or preprocessing")
     predictor.model = model.eval()
     metrics_file = path / "metrics.json"
     if metrics_file.is_file():
@@ -119,6 +127,28 @@ def load_artifact(cls, directory: str | Path):
 
         predictor.runner = OnnxRunner(path)
     return predictor
+
+
+def check_replaceable(directory: str | Path, config) -> None:
+    """Refuse to train into `directory` when it holds a model of other data (another task, table or
+    columns): a config that names no output_dir must not overwrite another config's model.
+    Retraining on the same data with other settings replaces the model: that is iterating."""
+    path = Path(directory)
+    if not (path / "config.yaml").is_file():
+        return
+    try:
+        old = read_config(path / "config.yaml")
+    except MmfuseError as error:
+        differs = [f"its config.yaml is unreadable: {error}"]
+    else:
+        what = {"task": lambda c: c.task, "data.source": lambda c: c.data.source,
+                "data.columns": lambda c: c.data.columns.model_dump(exclude_none=True)}
+        differs = [f"{name} {get(old)!r}, this config {get(config)!r}" for name, get in what.items()
+                   if get(old) != get(config)]
+    if differs:
+        raise MmfuseError(f"{path} holds a model trained with another config ({'; '.join(differs)}); "
+                          "train into another directory (--output runs/NAME, or output_dir in the config) "
+                          f"or remove {path} first")
 
 
 def model_card(predictor) -> str:
@@ -142,7 +172,8 @@ def model_card(predictor) -> str:
     if fit:
         lines.append(f"- training: {fit.get('epochs')} epochs in {fit.get('train_seconds', 0):.0f} s")
     if metrics:
-        lines += ["", "## Test metrics", "", "| metric | value |", "|---|---|"]
+        title = predictor.metrics.get("title", "Test split")  # the validation split when there is no test split
+        lines += ["", f"## Metrics: {title}", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {format_metric(v)} |" for k, v in metrics.items()]
     contribution = predictor.metrics.get("modality_contribution")
     if contribution:

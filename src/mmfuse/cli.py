@@ -1,6 +1,7 @@
 """The `mmfuse` command line (typer). User errors print one line and exit 2, without a traceback."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import shlex
@@ -20,6 +21,19 @@ data_app = typer.Typer(no_args_is_help=True, help="Look at a table before traini
 app.add_typer(data_app, name="data")
 
 SET_HELP = "Override a config field: --set fusion.name=concat (repeatable)."
+COLUMN_HELP = ("This table's column for an input or the label: --column text=question; "
+               "--column text= goes without text (repeatable).")
+
+
+def parse_columns(items: list[str]) -> dict[str, str | None]:
+    """--column ROLE=NAME pairs; an empty NAME leaves the input out."""
+    columns: dict[str, str | None] = {}
+    for item in items:
+        role, equals, column = item.partition("=")
+        if not equals or not role.strip():
+            raise MmfuseError(f"--column {item!r}: expected ROLE=COLUMN (text=question), or ROLE= to go without it")
+        columns[role.strip()] = column.strip() or None
+    return columns
 
 
 def print_metrics(title: str, metrics: dict[str, float], contribution: dict[str, float] | None = None) -> None:
@@ -30,6 +44,10 @@ def print_metrics(title: str, metrics: dict[str, float], contribution: dict[str,
     if contribution:
         typer.echo("  modality contribution: " + ", ".join(f"{k.replace('_', ' ')} {format_metric(v)}"
                                                           for k, v in contribution.items()))
+
+
+def tensorboard_line(log_dir: str) -> str:
+    return f"TensorBoard logs: {log_dir} (tensorboard --logdir {Path(log_dir).parent})"
 
 
 @app.command()
@@ -45,9 +63,12 @@ def train(
 
     overrides = list(set_) + (["data.strict=true"] if strict else []) + ([f"output_dir={output}"] if output else [])
     cfg = load_config(config, overrides)  # before the heavy imports: a bad config fails at once
+    from .artifact import check_replaceable
     from .predictor import Predictor
     from .train import TrainingInterrupted, read_checkpoint
 
+    run = Path(cfg.output_dir)
+    check_replaceable(run / "model", cfg)  # before training: an hour's run must not end in this error
     if resume is not None:
         read_checkpoint(resume)  # a bad checkpoint fails before any data is read
     try:
@@ -57,13 +78,22 @@ def train(
                  *(["--strict"] if strict else []), *(["--output", str(output)] if output else []),
                  "--resume", str(stop.checkpoint)]
         raise TrainingInterrupted(stop.checkpoint, stop.signum, f"; resume with: {shlex.join(again)}") from None
-    run = Path(cfg.output_dir)
     fit = predictor.fit_summary
     typer.echo(f"trained {fit['epochs']} epochs in {fit['train_seconds']:.1f} s; best checkpoint {fit['best_checkpoint']}")
+    typer.echo(tensorboard_line(fit["tensorboard"]))
     test = getattr(predictor, "_test_frame", None)
+    val = getattr(predictor, "_val_frame", None)
     if test is not None and len(test):
         result = predictor.evaluate(test, report_dir=run / "model" / "report", title="Test split")
         print_metrics(f"test ({result['rows']} rows)", result["metrics"], result["modality_contribution"])
+    else:
+        typer.echo(f"\nno test split: set data.test_fraction (or data.test_source), or use "
+                   f"mmfuse evaluate {run / 'model'} --data TABLE"
+                   + ("; the report below is on the validation split, which also chose the best checkpoint"
+                      if val is not None and len(val) else ""))
+        if val is not None and len(val):
+            result = predictor.evaluate(val, report_dir=run / "model" / "report", title="Validation split")
+            print_metrics(f"val ({result['rows']} rows)", result["metrics"], result["modality_contribution"])
     if predictor.bad_rows:
         typer.echo(f"{len(predictor.bad_rows)} bad rows were skipped (run `mmfuse data check` for the list)")
     predictor.save(run / "model")
@@ -95,15 +125,21 @@ def evaluate(
     data: Optional[Path] = typer.Option(None, help="Evaluate on this table instead of a split."),
     report: Optional[Path] = typer.Option(None, help="Report directory (default: MODEL/report)."),
     robustness: bool = typer.Option(False, help="Also the metric under graded image and text noise (curves)."),
+    columns: list[str] = typer.Option([], "--column", help=COLUMN_HELP + " With --data."),
 ) -> None:
     """Metrics table, per-class table, confusion matrix and modality contribution -> report.md."""
     from .predictor import Predictor
     from .robustness import robustness_section
 
     predictor = Predictor.load(model)
-    frame = data if data is not None else predictor.splits().get(split)
-    if frame is None or (not isinstance(frame, Path) and len(frame) == 0):
-        raise MmfuseError(f"split {split!r} has no rows")
+    if data is not None:
+        frame = predictor.read(data, columns=parse_columns(columns))  # read once: evaluate and robustness
+    else:
+        parts = predictor.splits()
+        frame = parts.get(split)
+        if frame is None or len(frame) == 0:
+            val = ", or --split val" if split != "val" and len(parts["val"]) else ""
+            raise MmfuseError(f"split {split!r} has no rows; evaluate a table with --data TABLE{val}")
     result = predictor.evaluate(frame, report_dir=report or model / "report", title=f"{model} on {data or split}")
     print_metrics(f"{data or split} ({result['rows']} rows)", result["metrics"], result["modality_contribution"])
     report_dir = report or model / "report"
@@ -122,6 +158,7 @@ def predict(
     data: Optional[Path] = typer.Option(None, help="A table to predict in batch."),
     out: Optional[Path] = typer.Option(None, help="Write batch predictions here (CSV)."),
     top_k: int = typer.Option(3, help="How many labels with scores to show."),
+    columns: list[str] = typer.Option([], "--column", help=COLUMN_HELP + " With --data."),
     **inputs: Any,
 ) -> None:
     """Predict one row (one option per modality the model takes) or a whole table (--data, --out)."""
@@ -129,6 +166,8 @@ def predict(
 
     predictor = Predictor.load(model)
     given = {m: v for m, v in inputs.items() if v is not None}
+    if columns and data is None:
+        raise MmfuseError("--column names a column of the --data table; the single-row options need none")
     if data is None:
         if not given:
             raise MmfuseError("give " + " and/or ".join(f"--{m}" for m in predictor.model.modalities)
@@ -137,18 +176,20 @@ def predict(
         if unused:
             raise MmfuseError(f"this model takes no {' and no '.join(unused)} "
                               f"(it takes {', '.join(predictor.model.modalities)})")
-        columns = predictor.config.data.resolved_columns()
-        row = {columns[m]: str(v.resolve()) if isinstance(v, Path) else v for m, v in given.items()}
-        result = predictor.predict([row], top_k=top_k)
+        bound = predictor.config.data.resolved_columns()
+        row = {bound[m]: str(v.resolve()) if isinstance(v, Path) else v for m, v in given.items()}
+        with _quiet("mmfuse.predictor"):  # the error below names the bad input as typed
+            result = predictor.predict([row], top_k=top_k)
         if result.empty:
-            raise MmfuseError("the input was rejected: " + "; ".join(str(b) for b in predictor.bad_rows))
+            raise MmfuseError("; ".join(f"--{b.field} {shlex.quote(str(given[b.field]))}: {b.reason}"
+                                        if b.field in given else b.reason for b in predictor.bad_rows))
         first = result.iloc[0]
         typer.echo(f"prediction: {first['prediction']}")
         for k in range(1, top_k + 1):
             if f"top{k}" in result:
                 typer.echo(f"  {first[f'top{k}']:<20} {first[f'top{k}_score']:.4f}")
         return
-    result = predictor.predict(data, top_k=top_k)
+    result = predictor.predict(data, top_k=top_k, columns=parse_columns(columns))
     if out is None:
         typer.echo(result.to_csv(index=False))
     else:
@@ -158,6 +199,18 @@ def predict(
         typer.echo(f"{len(predictor.bad_rows)} bad rows skipped:", err=True)
         for bad in predictor.bad_rows:
             typer.echo(f"  {bad}", err=True)
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """Only errors from `logger` while inside."""
+    handle = logging.getLogger(logger)
+    level = handle.level
+    handle.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        handle.setLevel(level)
 
 
 def _with_options(command, extra: list[inspect.Parameter]):
@@ -283,6 +336,7 @@ def align(
     typer.echo(f"trained {summary['epochs']} epochs on {summary['train_pairs']} pairs in "
                f"{summary['train_seconds']:.1f} s (objectives: "
                + ", ".join(f"{k} {v:g}" for k, v in cfg.align.objectives.items()) + ")")
+    typer.echo(tensorboard_line(summary["tensorboard"]))
     if "test_metrics" in summary:
         print_metrics(f"test retrieval ({summary['test_pairs']} pairs)", summary["test_metrics"])
     if "zero_shot" in summary:

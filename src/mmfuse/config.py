@@ -165,7 +165,9 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     compare: CompareConfig = CompareConfig()
     align: AlignConfig | None = None
-    output_dir: str = "runs/easy_vqa"
+    # The run directory. Unset: runs/<the config file's name>, or runs/<the data's name> for a
+    # config given as a dict (a shared default would overwrite one config's model with another's).
+    output_dir: str | None = None
     cache_dir: str = ".mmfuse_cache"
 
     def modalities(self) -> list[str]:
@@ -195,7 +197,20 @@ def _describe(error: ValidationError) -> str:
         lines.append(f"{field}: {item['msg']} (got {_echo(item.get('input'))})")
     if len(items) > ERRORS_SHOWN:
         lines.append(f"… and {len(items) - ERRORS_SHOWN} more")
+    booleans = [item["loc"] for item in items if item["type"] == "string_type" and isinstance(item.get("input"), bool)]
+    if booleans:
+        lines.append(_quote_hint(booleans[0]))
     return "; ".join(lines)
+
+
+def _quote_hint(loc: tuple) -> str:
+    """A string field given true/false: YAML 1.1 reads unquoted yes/no/on/off (and true/false) as
+    booleans. Turning them back is guesswork (True may have been "true" or "yes"): say to quote."""
+    if isinstance(loc[-1], int) and len(loc) > 1:  # an item of a list, e.g. data.labels.0
+        example = f"{loc[-2]}: ['yes', 'no']"
+    else:
+        example = f"{loc[-1]}: 'yes'"
+    return f"YAML read yes/no as true/false: quote them: {example}"
 
 
 def parse_config(raw: dict[str, Any], origin: str = "config") -> Config:
@@ -207,6 +222,8 @@ def parse_config(raw: dict[str, Any], origin: str = "config") -> Config:
     # A built-in source's own column names, written into the config: a saved model then reads
     # the same columns from any table later given to it (and its config says which they are).
     config.data.columns = ColumnsConfig(**config.data.resolved_columns())
+    if config.output_dir is None:
+        config.output_dir = f"runs/{Path(config.data.source).name.split('.')[0]}"
     return config
 
 
@@ -268,6 +285,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         origin = str(path)
+        raw.setdefault("output_dir", f"runs/{path.stem}")  # a --set output_dir=... still wins
     raw = apply_overrides(raw, overrides or [])
     return parse_config(raw, origin)
 

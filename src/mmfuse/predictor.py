@@ -12,11 +12,12 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from .config import Config, load_config, parse_config
+from .config import ColumnsConfig, Config, DataConfig, load_config, parse_config
 from .data.manifest import BadRow, load_manifest, split_manifest
 from .dataset import build_dataset
 from .encoders.cache import FeatureCache
-from .errors import MmfuseError
+from .errors import ConfigError, DataError, MmfuseError
+from .modalities import MODALITIES
 from .inference import predict_outputs
 from .robustness import LEVELS, NOISES, perturbation
 from .model import MultimodalModel, build_encoders, build_model
@@ -54,22 +55,47 @@ class Predictor:
         self.small_request_cache = None
 
     # ----- data -----------------------------------------------------------------------------
-    def read(self, data: Any, *, labelled: bool = True) -> pd.DataFrame:
-        """A table (DataFrame / path / built-in name / list of dicts) -> the manifest frame of good rows."""
+    def read(self, data: Any, *, labelled: bool = True, columns: dict[str, str | None] | None = None) -> pd.DataFrame:
+        """A table (DataFrame / path / built-in name / list of dicts) -> the manifest frame of good rows.
+
+        `columns` names this table's column for an input or the label ({"text": "question"}),
+        or leaves an input out ({"text": None}); the configured names apply to the rest.
+        """
         if isinstance(data, pd.DataFrame) and data.attrs.get(MANIFEST_MARK):
             return data  # already validated (a split of ours)
+        bound = self._bind(columns, "evaluating" if labelled else "predicting")
         if isinstance(data, list):
-            data = pd.DataFrame(data)
+            data = records_frame(data, bound)
         # Only a configured label set (data.labels) makes other labels bad rows; a label the model
         # never saw is kept, and counts as an error (dataset.encode_targets), as in training.
-        manifest = load_manifest(data, self.config.data, task=self.config.task,
-                                 modalities=self.config.modalities(), require_label=labelled)
+        # rebind: a trained model's tables (predict, evaluate) may name their columns per call.
+        manifest = load_manifest(data, bound, task=self.config.task, modalities=self.config.modalities(),
+                                 require_label=labelled, rebind=self.model is not None)
         if manifest.bad_rows:
             log.warning("%s", manifest.summary())
             for bad in manifest.bad_rows[:20]:
                 log.warning("  %s", bad)
         self.bad_rows.extend(manifest.bad_rows)
         return mark(manifest.frame)
+
+    def _bind(self, columns: dict[str, str | None] | None, doing: str) -> DataConfig:
+        """The data section for one table given to this Predictor. Its split column is never read:
+        a given table is used whole (only the configured source is split)."""
+        bound = self.config.data.columns.model_dump() | {"split": None}
+        inputs = self.config.modalities()
+        for role, column in (columns or {}).items():
+            if role not in (*inputs, "label"):
+                raise ConfigError(f"columns: {role!r} is neither an input of this model ({', '.join(inputs)}) "
+                                  "nor 'label'")
+            if role == "label" and not column:
+                raise ConfigError("columns: the label column cannot be left out; name it: label=NAME")
+            bound[role] = column or None
+            if bound[role] is None and role in inputs:
+                log.warning("%s without %s: left out on purpose (columns={'%s': None} / --column %s=)",
+                            doing, role, role, role)
+        if all(bound[m] is None for m in inputs):
+            raise ConfigError(f"columns: every input ({', '.join(inputs)}) is left out; nothing to go by")
+        return self.config.data.model_copy(update={"columns": ColumnsConfig(**bound)})
 
     def splits(self) -> dict[str, pd.DataFrame]:
         """The configured source (and test_source) split into train / val / test."""
@@ -109,6 +135,7 @@ class Predictor:
         else:
             train_frame = self.read(train)
             val_frame = self.read(val) if val is not None else None
+        self._val_frame = val_frame  # reported after training when there is no test split
         if len(train_frame) == 0:
             raise MmfuseError("no good training rows left (see the bad rows reported above)")
         if not self.labels and self.config.task != "regression":
@@ -131,17 +158,19 @@ class Predictor:
 
     # ----- evaluation and prediction ------------------------------------------------------------
     def evaluate(self, data: Any = None, *, report_dir: str | Path | None = None,
-                 title: str = "Evaluation") -> dict[str, Any]:
+                 title: str = "Evaluation", columns: dict[str, str | None] | None = None) -> dict[str, Any]:
+        """Metrics on `data` (all of it: its split column is not read), or on the test split.
+        `columns`: as in `read`."""
         from .evaluate import evaluate_dataset, write_report  # torchmetrics: only when evaluating
 
         self._need_model()
-        frame = self.read(data) if data is not None else self._default_test()
+        frame = self.read(data, columns=columns) if data is not None else self._default_test()
         result = evaluate_dataset(self.model, self._dataset(frame), self.config, self.labels, self.device)
         if report_dir is not None:
             write_report(result, report_dir, title=title, labels=self.labels,
                          modality_dropout=self.config.train.modality_dropout)
         self.metrics = {"metrics": result["metrics"], "modality_contribution": result["modality_contribution"],
-                        "rows": result["rows"]}
+                        "rows": result["rows"], "title": title}
         return result
 
     def _default_test(self) -> pd.DataFrame:
@@ -184,11 +213,11 @@ class Predictor:
             outputs = predict_outputs(self.model, dataset, self.config, self.device)
         return frame, self.model.head.scores(outputs)
 
-    def predict(self, data: Any, *, top_k: int = 3) -> pd.DataFrame:
+    def predict(self, data: Any, *, top_k: int = 3, columns: dict[str, str | None] | None = None) -> pd.DataFrame:
         """One output row per good input row: `row`, `prediction`, and top-k labels with scores.
-        Every row bad: an empty frame (the reasons are in `bad_rows`)."""
+        Every row bad: an empty frame (the reasons are in `bad_rows`). `columns`: as in `read`."""
         self._need_model()
-        frame = self.read(data, labelled=False)
+        frame = self.read(data, labelled=False, columns=columns)
         if frame.empty:
             return pd.DataFrame({"row": pd.Series(dtype="int64"), "prediction": pd.Series(dtype="object")})
         frame, scores = self.predict_scores(frame)
@@ -227,6 +256,24 @@ class Predictor:
         from .artifact import load_artifact
 
         return load_artifact(cls, directory)
+
+
+def records_frame(records: list[dict[str, Any]], data: DataConfig) -> pd.DataFrame:
+    """Inputs given one dict each, as a table. A dict without an input's key is an input that
+    lacks it (a server request with only an image); a key no column of the model has is refused:
+    ignoring it would answer without that input."""
+    frame = pd.DataFrame(records)
+    columns = data.columns.model_dump()
+    read = {c for c in columns.values() if c is not None}
+    unknown = [str(key) for key in frame.columns if key not in read]
+    inputs = [c for m, c in columns.items() if m in MODALITIES and c is not None]
+    if unknown:
+        named = ", ".join(f"{role} {column!r}" for role, column in columns.items() if column is not None)
+        # The example names an input the dicts lack: most likely the one the unknown key holds.
+        lacking = next((m for m, c in columns.items() if c in inputs and c not in frame.columns), "text")
+        raise DataError(f"input key {', '.join(map(repr, unknown))} is no column this model reads ({named}); "
+                        f"rename the key, or name it for this call: columns={{'{lacking}': {unknown[0]!r}}}")
+    return frame.reindex(columns=[*frame.columns, *(c for c in inputs if c not in frame.columns)])
 
 
 def infer_labels(frame: pd.DataFrame, task: str) -> list[str]:

@@ -1,7 +1,8 @@
 """Training: a LightningModule around MultimodalModel, and fit_model() that runs Lightning.
 
 Lightning owns the loop: AdamW, warm-up + one-cycle/cosine, checkpoints (best + last), resume,
-early stopping, TensorBoard, AMP on a GPU, DDP when several devices are given.
+early stopping, TensorBoard (RUN/logs/version_N: losses, metrics, learning rate, the config as
+hyper-parameters), AMP on a GPU, DDP when several devices are given.
 """
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import logging
 import math
 import signal
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -33,7 +35,8 @@ MONITOR = {"classification": ("val_acc", "max"), "multilabel": ("val_f1", "max")
 
 
 def frozen_prefixes(model: MultimodalModel) -> list[str]:
-    return [f"model.encoders.{m}." for m, e in model.encoders.items() if not e.trainable]
+    """Encoders left out of checkpoints: frozen pretrained ones, which loading rebuilds."""
+    return [f"model.encoders.{m}." for m, e in model.encoders.items() if e.rebuilt_on_load]
 
 
 class FusionTask(L.LightningModule):
@@ -43,7 +46,7 @@ class FusionTask(L.LightningModule):
         self.config = config
         self.steps_per_epoch = steps_per_epoch
         self.monitor, self.mode = MONITOR[config.task]
-        # Frozen encoders are rebuilt from their source, not stored in checkpoints.
+        # Frozen pretrained encoders are rebuilt from their source, not stored in checkpoints.
         self.strict_loading = False
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -199,6 +202,44 @@ def resumed_epoch(checkpoint: str | Path) -> int:
     return int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
 
 
+# Lightning's harmless warnings (message patterns): a torch deprecation inside Lightning itself,
+# and frozen encoders kept in eval mode on purpose (FusionTask.on_train_epoch_start).
+HARMLESS_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)", r"Found \d+ module\(s\) in eval mode")
+
+
+def quiet_lightning() -> None:
+    """Only our own lines (epochs, messages): not Lightning's banner ("GPU available", the
+    litlogger tip, "`Trainer.fit` stopped"), which its "lightning" logger also prints a second time
+    with an "INFO: " prefix. Run after Lightning is imported: importing it resets its loggers to INFO."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def flat_config(config: Config) -> dict[str, Any]:
+    """The config as dotted keys (fusion.name: film): TensorBoard's hyper-parameters table."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(config.model_dump(mode="json"), "")
+    return flat
+
+
+def tensorboard_logger(run_dir: str | Path, config: Config) -> TensorBoardLogger:
+    """RUN/logs/version_N, a new version per run (runs into one folder would draw as one run),
+    with the config as its hyper-parameters (also in hparams.yaml)."""
+    logger = TensorBoardLogger(str(run_dir), name="logs")
+    logger.log_hyperparams(flat_config(config))
+    return logger
+
+
 def resolve_precision(config: Config) -> str:
     if config.train.precision != "auto":
         return config.train.precision
@@ -226,17 +267,21 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
         extra.append(EpochSummary())
     if has_val and config.train.early_stopping_patience:
         extra.append(EarlyStopping(monitor=monitor, mode=mode, patience=config.train.early_stopping_patience))
+    extra.append(LearningRateMonitor(logging_interval="step"))
+    quiet_lightning()
+    logger = tensorboard_logger(output_dir, config)
     trainer = L.Trainer(
         max_epochs=config.train.epochs, accelerator=config.train.accelerator, devices=config.train.devices,
         precision=resolve_precision(config), gradient_clip_val=config.train.grad_clip, callbacks=extra,
-        logger=TensorBoardLogger(str(output_dir), name="logs", version=""),
-        enable_progress_bar=config.train.progress_bar, enable_model_summary=False,
+        logger=logger, enable_progress_bar=config.train.progress_bar, enable_model_summary=False,
         use_distributed_sampler=False, num_sanity_val_steps=0, log_every_n_steps=10,
         default_root_dir=str(output_dir), plugins=[AtomicCheckpointIO()],
     )
     rank, world = trainer.global_rank, trainer.world_size
     train_loader = make_loader(train, config, shuffle=True, rank=rank, world=world)
     val_loader = make_loader(val, config, shuffle=False, rank=rank, world=world) if has_val else None
+    # At least one logged step per epoch: a small table's curves would otherwise stay empty.
+    trainer.log_every_n_steps = max(1, min(10, len(train_loader)))
     if resume:
         # Lightning creates the resumed epoch's iterator before it calls set_epoch: set it first.
         train_loader.sampler.set_epoch(resumed_epoch(resume))
@@ -255,5 +300,5 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
         task.load_state_dict(state, strict=False)
     score = checkpoint.best_model_score
     return {"train_seconds": seconds, "epochs": trainer.current_epoch, "best_checkpoint": best,
-            "last_checkpoint": latest.best_model_path,
+            "last_checkpoint": latest.best_model_path, "tensorboard": logger.log_dir,
             f"best_{monitor}": None if score is None else float(score)}

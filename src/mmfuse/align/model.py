@@ -59,7 +59,7 @@ class ProjectionHead(nn.Module):
 def rebuildable(encoder: Encoder) -> bool:
     """Pretrained encoders are rebuilt from their source on load (and fingerprint-checked);
     others (random or from-scratch weights) are stored in the artifact."""
-    return bool(getattr(encoder, "rebuildable", not encoder.default_trainable))
+    return encoder.rebuildable
 
 
 def build_align_encoders(config: Config) -> dict[str, Encoder]:

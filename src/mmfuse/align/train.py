@@ -228,4 +228,20 @@ def train_alignment(config: Config, *, echo: Callable[[str], None] = log.info) -
             if name == "test" and align.holdout:
                 summary["zero_shot"] = zero_shot_pairs(model, data, splits["all_captions"]["text"].tolist(),
                                                        set(align.holdout))
+    summary["tensorboard"] = log_to_tensorboard(config, summary)
     return AlignmentRun(model, summary, splits)
+
+
+def log_to_tensorboard(config: Config, summary: dict[str, Any]) -> str:
+    """The run's losses per epoch and its retrieval metrics, into RUN/logs/version_N (as `mmfuse
+    train` logs); written after training: an epoch takes milliseconds, so no one watches it live."""
+    from ..train import tensorboard_logger  # Lightning: only when aligning
+
+    logger = tensorboard_logger(config.output_dir, config)
+    for epoch, loss in enumerate(summary["losses"]):
+        logger.log_metrics({"train_loss": loss}, step=epoch)
+    for part, prefix in (("val_metrics", "val_"), ("test_metrics", "test_"), ("zero_shot", "zero_shot_")):
+        metrics = {prefix + key: value for key, value in summary.get(part, {}).items()}
+        logger.log_metrics(metrics, step=len(summary["losses"]) - 1)
+    logger.finalize("success")
+    return logger.log_dir

@@ -304,21 +304,35 @@ def _columns_for(data: DataConfig, builtin: str | None) -> dict[str, str | None]
     return columns
 
 
-def _check_columns(table: Table, wanted: dict[str, str]) -> None:
+def _check_columns(table: Table, wanted: dict[str, str], rebind: bool = False) -> None:
+    """`rebind`: the table is given to a trained model, whose columns can be named per call."""
     missing = [(role, column) for role, column in wanted.items() if column not in table.frame.columns]
     if missing:
         described = "; ".join(f"column {column!r} (data.columns.{role}) not found" for role, column in missing)
         existing = _quote_list(table.header, limit=20) or "(none)"
-        raise DataError(f"{table.name}: {described}; the table has {len(table.header)} columns: {existing}")
+        message = f"{table.name}: {described}; the table has {len(table.header)} columns: {existing}"
+        if rebind:
+            message += "".join(f"; {_rebind_hint(role)}" for role, _ in missing)
+        raise DataError(message)
+
+
+def _rebind_hint(role: str) -> str:
+    hint = f"name this table's {role} column with --column {role}=NAME (Python: columns={{'{role}': 'NAME'}})"
+    if role in MODALITIES:
+        hint += f", or go without {role} with --column {role}= (columns={{'{role}': None}})"
+    return hint
 
 
 def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: str,
                   modalities: list[str], labels: list[str] | None = None,
-                  require_label: bool = True) -> Manifest:
+                  require_label: bool = True, rebind: bool = False) -> Manifest:
     """Read and check a table (or built-in data set) into a Manifest of good rows + bad rows.
 
     require_label=False is for prediction: the label column may be absent, and a missing or
-    unknown label leaves `label` None instead of making the row bad.
+    unknown label leaves `label` None instead of making the row bad. Every input column must be
+    there either way: a model answering without an input it was trained with answers wrong
+    without a word (leave one out by binding it to None). `rebind`: a missing column's message
+    says how to name it for one call (a table given to a trained model).
     """
     if task not in TASKS:
         raise ConfigError(f"task {task!r}: expected one of {', '.join(TASKS)}")
@@ -342,18 +356,13 @@ def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: 
         table = read_columns(source, bound)  # only the bound columns: a wide table costs nothing more
         base = os.getcwd() if isinstance(source, pd.DataFrame) else str(Path(source).expanduser().resolve().parent)
     name = table.name
-    if not require_label:
-        # Prediction: a table may carry only the modalities it has (an image-only table is fine),
-        # and needs neither a label nor a split column; but at least one input column.
-        present = [m for m in used if columns[m] in table.frame.columns]
-        _check_columns(table, {m: columns[m] for m in (present or used)})
-        used = present
     wanted = {m: columns[m] for m in used}
+    # Prediction needs neither a label nor a split column.
     if require_label or columns["label"] in table.frame.columns:
         wanted["label"] = columns["label"]
     if columns["split"] is not None and (require_label or columns["split"] in table.frame.columns):
         wanted["split"] = columns["split"]
-    _check_columns(table, wanted)
+    _check_columns(table, wanted, rebind)
 
     n = len(table.frame)
     cells = {role: table.frame[column].tolist() for role, column in wanted.items()}

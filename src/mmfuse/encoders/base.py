@@ -29,7 +29,16 @@ class Encoder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.trainable = self.default_trainable
+        # Whether loading can rebuild the weights from their source (a package, hub name or file
+        # of pretrained weights). Random or from-scratch weights cannot be rebuilt: a saved model
+        # stores them, frozen or not.
+        self.rebuildable = not self.default_trainable
         self._fingerprint: str | None = None
+
+    @property
+    def rebuilt_on_load(self) -> bool:
+        """Frozen pretrained weights: left out of saved models and checkpoints, rebuilt on load."""
+        return not self.trainable and self.rebuildable
 
     def set_trainable(self, trainable: bool | None) -> "Encoder":
         self.trainable = self.default_trainable if trainable is None else trainable
@@ -106,4 +115,6 @@ def create_encoder(modality: str, name: str, *, trainable: bool | None = None, *
     if target is not None:
         options = {"target": target, **options}
     encoder = ENCODERS.create(family, **options)
+    if options.get("pretrained") is False:  # e.g. timm:resnet18 with random weights: nothing rebuilds them
+        encoder.rebuildable = False
     return encoder.set_trainable(trainable)

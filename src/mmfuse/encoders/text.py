@@ -23,10 +23,18 @@ class HFTextEncoder(Encoder):
     def __init__(self, *, target: str, max_tokens: int = 64):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         self.source = str(target)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.source)
-        self.model = AutoModel.from_pretrained(self.source)
+        # No "Loading weights: 100%" bar in the middle of our output; the user's setting comes back after.
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.source)
+            self.model = AutoModel.from_pretrained(self.source)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
         self.model.eval()
         self.max_tokens = min(max_tokens, getattr(self.tokenizer, "model_max_length", max_tokens))
         self.out_dim = self.model.config.hidden_size
