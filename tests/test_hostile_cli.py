@@ -215,6 +215,16 @@ def test_resume_from_a_damaged_checkpoint_is_one_line_naming_it(trained, how, tm
     assert code == 2 and str(checkpoint) in one_line_error(out.err)
 
 
+def test_resume_from_another_models_checkpoint_is_one_line(trained, tmp_path, monkeypatch, capsys):
+    """`--resume` with a checkpoint of another fusion ended in torch's optimizer ValueError."""
+    folder, config = trained
+    checkpoint = folder / "run" / "checkpoints" / "last.ckpt"
+    code, out = run_main(monkeypatch, capsys, "train", config, "--set", "fusion.name=late",
+                         "--output", tmp_path / "other", "--resume", checkpoint)
+    error = one_line_error(out.err)
+    assert code == 2 and str(checkpoint) in error and "another model" in error
+
+
 @pytest.mark.parametrize("name,how", [("model.safetensors", "truncated"), ("model.safetensors", "random"),
                                       ("labels.json", "truncated"), ("labels.json", "random")])
 def test_a_damaged_model_file_is_one_line_naming_it(trained, name, how, tmp_path, monkeypatch, capsys):

@@ -196,6 +196,21 @@ def read_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
     return state
 
 
+def check_fits(state: dict[str, Any], task: "FusionTask", path: str | Path) -> None:
+    """One error naming the checkpoint when it was saved from another model (another fusion, size
+    or encoder): torch's optimizer would otherwise fail deep inside Lightning with a traceback."""
+    skip = tuple(frozen_prefixes(task.model))
+    wanted = {k: tuple(v.shape) for k, v in task.state_dict().items() if not k.startswith(skip)}
+    stored = {k: tuple(v.shape) for k, v in state.get("state_dict", {}).items() if not k.startswith(skip)}
+    differ = sorted(k for k in wanted.keys() & stored.keys() if wanted[k] != stored[k])
+    missing, unexpected = sorted(wanted.keys() - stored.keys()), sorted(stored.keys() - wanted.keys())
+    if differ or missing or unexpected:
+        first = (differ or missing or unexpected)[0].removeprefix("model.")
+        raise ArtifactError(f"{path} was saved from another model than this config builds "
+                            f"({len(differ)} weights of another shape, {len(missing)} missing, {len(unexpected)} "
+                            f"unexpected; first: {first}): resume with the config and --set options it was trained with")
+
+
 def resumed_epoch(checkpoint: str | Path) -> int:
     """The epoch a run resumed from `checkpoint` starts with (the epochs it had finished)."""
     state = read_checkpoint(checkpoint)
@@ -282,10 +297,11 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
     val_loader = make_loader(val, config, shuffle=False, rank=rank, world=world) if has_val else None
     # At least one logged step per epoch: a small table's curves would otherwise stay empty.
     trainer.log_every_n_steps = max(1, min(10, len(train_loader)))
+    task = FusionTask(model, config, steps_per_epoch=len(train_loader))
     if resume:
+        check_fits(read_checkpoint(resume), task, resume)
         # Lightning creates the resumed epoch's iterator before it calls set_epoch: set it first.
         train_loader.sampler.set_epoch(resumed_epoch(resume))
-    task = FusionTask(model, config, steps_per_epoch=len(train_loader))
     start = time.perf_counter()
     try:
         trainer.fit(task, train_loader, val_loader, ckpt_path=str(resume) if resume else None, weights_only=True)
