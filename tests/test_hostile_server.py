@@ -189,6 +189,32 @@ def test_slow_headers_are_cut_off(server):
         assert _read_all(sock) == b""
 
 
+def test_oversized_headers_are_refused_and_closed(server):
+    with _connect(server) as sock:  # h11 refuses past 16 KiB of headers; the httptools guard does too
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: localhost\r\nX-Filler: " + b"a" * 20_000)
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    ok = server.post("/predict", json={"rows": [{"text": QUESTION}]}, headers={"X-Filler": "a" * 8_000})
+    assert ok.status_code == 200, ok.text  # big but under the cap
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_both_protocols_cut_slow_headers_off(tiny_model, http):
+    settings = ServeSettings(model_dir=tiny_model, header_timeout_s=0.3)
+    app = create_app(settings, load=lambda: Predictor.load(tiny_model))
+    with running(app, http=http) as url, httpx.Client(base_url=url, timeout=30) as client:
+        with _connect(client) as sock:
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+            started = time.monotonic()
+            assert _read_all(sock) == b"" and time.monotonic() - started < 3
+        with _connect(client) as sock:  # a kept-alive connection: the next request's headers are timed too
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHo")
+            started = time.monotonic()
+            assert _read_all(sock) == b"" and time.monotonic() - started < 3
+
+
 def test_a_slow_body_is_408_and_closed(server):
     with _connect(server) as sock:
         sock.sendall(b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"

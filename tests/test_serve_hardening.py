@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import shutil
 import struct
@@ -218,20 +219,101 @@ def test_a_slow_answer_times_out_with_504(tiny_model):
         assert 'mmfuse_errors_total{kind="timeout"} 1.0' in client.get("/metrics").text
 
 
+# ----- the fast lane of POST /predict (serve/fastlane.py) answers exactly as FastAPI does -------------
+
+LANE = {"content-type": "application/json"}             # taken by the fast lane
+FASTAPI = {"content-type": "application/vnd.test+json"}  # JSON to FastAPI too, but not the lane's
+
+
+@pytest.mark.parametrize("body", [
+    json.dumps({"rows": [{"text": QUESTION}], "top_k": 2}).encode(),
+    json.dumps({"rows": [{"image": "not base64 !!"}]}).encode(),
+    json.dumps({"rows": [{"text": 5}]}).encode(), json.dumps({"rows": []}).encode(),
+    json.dumps({"rows": [{}]}).encode(), json.dumps([1, 2]).encode(), b"null", b"", b"{not json",
+    json.dumps({"rows": [{"text": QUESTION}], "top_k": "3"}).encode(),
+    b'{"rows": [{"text": "\xff what"}]}',
+], ids=lambda body: body[:30].decode("utf-8", "replace"))
+def test_the_fast_lane_answers_as_fastapi_does(server, body):
+    lane, plain = server.post("/predict", content=body, headers=LANE), server.post("/predict", content=body, headers=FASTAPI)
+    assert lane.status_code == plain.status_code and lane.json() == plain.json(), (lane.text, plain.text)
+
+
+def test_the_fast_lane_checks_the_token_where_fastapi_does(tiny_model):
+    with running(create_app(ServeSettings(model_dir=tiny_model[0], token=TOKEN))) as url, \
+            httpx.Client(base_url=url, timeout=30) as client:
+        wait_ready(client)
+        for body in (json.dumps({"rows": [{"text": QUESTION}]}).encode(), b"{not json", b'{"rows": []}'):
+            lane = client.post("/predict", content=body, headers=LANE)
+            plain = client.post("/predict", content=body, headers=FASTAPI)
+            assert (lane.status_code, lane.json()) == (plain.status_code, plain.json())
+        good = client.post("/predict", json={"rows": [{"text": QUESTION}]}, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert good.status_code == 200
+        metrics = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    assert 'mmfuse_requests_total{endpoint="/predict",status="200"} 1.0' in metrics  # the route's own label
+    assert 'mmfuse_requests_total{endpoint="/predict",status="401"} 4.0' in metrics
+    assert 'endpoint="unmatched"' not in metrics
+
+
+# ----- the OpenAPI document says what is refused ------------------------------------------------------
+
+def test_openapi_documents_every_refusal(server):
+    schema = server.get("/openapi.json").json()
+    predict = schema["paths"]["/predict"]["post"]
+    assert set(predict["responses"]) == {"200", "408", "413", "415", "422", "503", "504"}  # no token: no 401
+    assert predict["responses"]["413"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    components = schema["components"]["schemas"]
+    assert components["PredictRequest"]["properties"]["rows"] == {**components["PredictRequest"]["properties"]["rows"],
+                                                                 "minItems": 1, "maxItems": 8}
+    row = components["RowIn"]
+    assert row["properties"]["audio"]["type"] == "null"  # the model takes image + text only
+    assert row["anyOf"] == [{"required": ["image"], "properties": {"image": {"type": "string"}}},
+                            {"required": ["text"], "properties": {"text": {"type": "string"}}}]
+    text = row["properties"]["text"]["anyOf"][0]
+    assert text["maxLength"] == 500 and text["pattern"].startswith("[^")
+    assert row["properties"]["image"]["anyOf"][0]["format"] == "image-base64"
+    upload = schema["paths"]["/predict/upload"]["post"]
+    assert "400" in upload["responses"] and upload["requestBody"]["required"] is True
+    form = upload["requestBody"]["content"]["multipart/form-data"]
+    assert "image/png" in form["encoding"]["image"]["contentType"]
+    body = components[form["schema"]["$ref"].rsplit("/", 1)[-1]]
+    assert body["properties"]["image"]["format"] == "binary" and "audio" not in body["properties"]
+
+
+def test_what_the_schema_says_is_what_the_server_does(server):
+    # An image part sent as a plain string is a 422 naming it (the schema says: a file).
+    refused(server.post("/predict/upload", files={"image": (None, "not a file")}), 422, "image")
+    # Blank and NUL-only texts are refused; JSON's 5.0 is the integer 5; a text over the cap counts as sent.
+    refused(server.post("/predict", json={"rows": [{"text": "\x00 \u3000"}]}), 422, "rows[0].text", "empty text")
+    assert server.post("/predict", json={"rows": [{"text": QUESTION}], "top_k": 2.0}).status_code == 200
+    refused(server.post("/predict", json={"rows": [{"text": QUESTION}], "top_k": 2.5}), 422, "top_k")
+    refused(server.post("/predict", json={"rows": [{"text": "a" + " " * 500}]}), 422, "rows[0].text", "too long")
+    assert server.post("/predict", json={"rows": [{"text": QUESTION, "audio": None}]}).status_code == 200
+    refused(server.post("/predict", json={"rows": [{"text": QUESTION, "audio": ""}]}), 422, "rows[0].audio")
+
+
 # ----- property-based: schemathesis against the live OpenAPI schema ---------------------------------
 
 def test_schemathesis_finds_no_server_errors(tiny_model, tmp_path):
+    """Every check schemathesis has (`--checks all`): no 5xx, every status and body documented,
+    every request the schema forbids refused and every one it allows answered — the OpenAPI
+    document says what the server really refuses. Real files for the file inputs come from
+    tests/schemathesis_hooks.py."""
     cli = shutil.which("schemathesis", path=os.path.dirname(sys.executable))
     assert cli, "schemathesis is a declared dependency"
+    hooks = os.path.join(os.path.dirname(__file__), "schemathesis_hooks.py")
     with running(create_app(ServeSettings(model_dir=tiny_model[0], token=TOKEN))) as url, \
             httpx.Client(base_url=url, timeout=30) as client:
         wait_ready(client)
         result = subprocess.run(
-            [cli, "run", f"{url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "25",
-             "--seed", "1", "--header", f"Authorization: Bearer {TOKEN}", "--request-timeout", "20",
-             "--phases", "examples,coverage,fuzzing"],
-            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+            [cli, "run", f"{url}/openapi.json", "--checks", "all", "--max-examples", "25", "--seed", "1",
+             "--header", f"Authorization: Bearer {TOKEN}", "--request-timeout", "20", "--workers", "2",
+             "--phases", "examples,coverage,fuzzing", "--continue-on-failure"],
+            capture_output=True, text=True, timeout=240, cwd=tmp_path,
+            env={**os.environ, "SCHEMATHESIS_HOOKS": hooks})
         metrics = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "No issues found" in result.stdout, result.stdout[-3000:]
     assert 'status="500"' not in metrics
+    assert 'mmfuse_requests_total{endpoint="/predict",status="200"}' in metrics  # it sent good input
+    assert 'mmfuse_requests_total{endpoint="/predict/upload",status="200"}' in metrics
     assert 'mmfuse_requests_total{endpoint="/predict",status="422"}' in metrics  # it did send bad input

@@ -134,3 +134,67 @@ def test_a_decoded_image_over_the_pixel_cap_is_a_bad_row(frozen, tmp_path):
         predictor.bad_rows.clear()
     assert frame["row"].tolist() == [2] and scores.shape[0] == 1
     assert len(problems) == 1 and "row 1, image column 'image': image too large: 3000×20" in problems[0]
+
+
+# ----- the served forward pass (ModelRunner's direct path) ------------------------------------------
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A trained tiny model (trainable CNN with batch norm), its runner, and upload rows."""
+    from mmfuse.serve.inputs import make_row
+    from mmfuse.serve.settings import ServeSettings
+    from test_serve import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("served")
+    model_dir, images = build_tiny_model(folder)
+    predictor = Predictor.load(model_dir)
+    runner = ModelRunner(predictor)
+    limits = {**ServeSettings(model_dir=model_dir).limits(), **runner.encoder_options}
+    uploads = folder / "uploads"
+    uploads.mkdir()
+
+    def row(image=None, text=None):
+        values = {"image": None if image is None else image.read_bytes(), "text": text}
+        return make_row({k: v for k, v in values.items() if v is not None}, where="", limits=limits, folder=uploads)
+
+    return predictor, runner, images, row
+
+
+def test_the_served_forward_equals_predict_scores(served):
+    predictor, runner, images, row = served
+    rows = [row(images[0], QUESTIONS[0]), row(images[1]), row(text=QUESTIONS[1]), row(images[0], QUESTIONS[2])]
+    results = runner(rows)
+    table = [{"image": str(images[0]), "question": QUESTIONS[0]}, {"image": str(images[1])},
+             {"question": QUESTIONS[1]}, {"image": str(images[0]), "question": QUESTIONS[2]}]
+    _, want = predictor.predict_scores(table)
+    assert torch.allclose(torch.stack([r.scores for r in results]), want, atol=1e-5)
+    assert all(r.fused is not None for r in results)
+
+
+def test_the_served_model_folds_batch_norm_into_a_copy(served):
+    predictor, runner, _, _ = served
+    assert runner.direct and runner.model is not predictor.model
+    norms = lambda model: sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # noqa: E731
+    assert norms(predictor.model.encoders["image"]) > 0  # the Predictor's own model is untouched
+    assert norms(runner.model.encoders["image"]) == 0
+    assert runner.model.head is predictor.model.head and runner.model.fusion is predictor.model.fusion
+    pixels = {"pixels": torch.randint(0, 255, (5, 3, 16, 16), dtype=torch.uint8)}
+    with torch.no_grad():
+        want = predictor.model.encoders["image"](pixels).pooled
+        got = runner.model.encoders["image"](pixels).pooled
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_one_batch_encodes_each_uploaded_image_once(served):
+    _, runner, images, row = served
+    seen: list[int] = []
+    hook = runner.model.encoders["image"].register_forward_pre_hook(
+        lambda module, args: seen.append(args[0]["pixels"].shape[0]))
+    try:
+        # Five requests, two distinct images (each upload its own temp file): two images encoded.
+        results = runner([row(images[0], q) for q in QUESTIONS] + [row(images[1], QUESTIONS[0])])
+    finally:
+        hook.remove()
+    assert seen == [2]
+    alone = runner([row(images[0], QUESTIONS[3])])[0]
+    assert torch.allclose(results[3].scores, alone.scores, atol=1e-6)

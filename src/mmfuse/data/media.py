@@ -8,6 +8,7 @@ turns that reason into a bad-row report instead of a crash half-way through an e
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -162,6 +163,16 @@ def open_image(path: str | os.PathLike[str], *, max_pixels: int, reduce_to: int 
         if reason is not None:
             raise MediaError(reason)
         return _decode(handle, head, max_pixels=max_pixels, reduce_to=reduce_to)
+
+
+def decode_image_bytes(data: bytes, *, max_pixels: int, reduce_to: int | None = None) -> Image.Image:
+    """`open_image` for a file's bytes already in memory (a server's upload): the same checks and
+    the same decoding, without reading the bytes back from a file."""
+    head = data[:SNIFF_BYTES]
+    reason = sniff(head)
+    if reason is not None:
+        raise MediaError(reason)
+    return _decode(io.BytesIO(data), head, max_pixels=max_pixels, reduce_to=reduce_to)
 
 
 def _decode(handle: Any, head: bytes, *, max_pixels: int, reduce_to: int | None) -> Image.Image:

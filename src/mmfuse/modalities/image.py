@@ -87,8 +87,9 @@ class ImageModality(Modality):
 
     def from_upload(self, data: bytes, field: str, folder: Path, limits: dict[str, Any]) -> Decoded:
         """Vet uploaded image bytes, cheapest check first: sniff, then the header (format allowlist,
-        pixel count: a decompression bomb costs nothing), then the full decode of the stored file
-        (truncation, bad data) with `open_image`, the code that vets training images.
+        pixel count: a decompression bomb costs nothing), then the full decode (truncation, bad
+        data) with the code that vets training images (`open_image`), from the bytes in memory;
+        the stored file is the input's identity.
 
         With `limits["image_size"]` (the served model's input side) only a reduced image is kept
         (see `upload_side`), and at most `_DECODE_SLOTS` uploads decode at once, so concurrent
@@ -97,15 +98,11 @@ class ImageModality(Modality):
         if not data:
             raise MediaError("empty image")
         kind, _ = _header(data, max_pixels, None)
+        with _DECODE_SLOTS:
+            image = media.decode_image_bytes(data, max_pixels=max_pixels, reduce_to=upload_side(limits))
         handle, path = tempfile.mkstemp(suffix=_SUFFIX[kind], dir=folder)
         with os.fdopen(handle, "wb") as out:
             out.write(data)
-        try:
-            with _DECODE_SLOTS:
-                image = open_image(path, max_pixels=max_pixels, reduce_to=upload_side(limits))
-        except MediaError:
-            os.unlink(path)
-            raise
         return Decoded(path, image)
 
     def decoded_pixels(self, data: bytes, limits: dict[str, Any]) -> int:

@@ -78,6 +78,10 @@ class MicroBatcher:
 
     async def submit(self, rows: Sequence[Any]) -> list[Any]:
         """The results for `rows`, computed in some batch. Cancelling the caller drops the job."""
+        return await self.submit_nowait(rows)
+
+    def submit_nowait(self, rows: Sequence[Any]) -> asyncio.Future:
+        """The future of `rows`' results (Closed / Overloaded at once); cancelling it drops the job."""
         if self.closed:
             raise Closed("the server is shutting down")
         job = _Job(rows, asyncio.get_running_loop().create_future())
@@ -85,7 +89,7 @@ class MicroBatcher:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
             raise Overloaded(f"{self.queue.maxsize} requests are already waiting") from None
-        return await job.future
+        return job.future
 
     async def _next_batch(self) -> list[_Job]:
         first = self._carry or await self.queue.get()

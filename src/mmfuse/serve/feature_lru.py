@@ -47,7 +47,8 @@ class FeatureLRU:
         found = {k: self._items[k] for k in keys if k in self._items}
         for k in found:
             self._items.move_to_end(k)
-        found |= encode_inputs(encoder, missing, load, batch_size, device)
+        if missing:  # (encode_inputs walks every module of the encoder even for nothing to do)
+            found |= encode_inputs(encoder, missing, load, batch_size, device)
         for key, entry in found.items():
             self._remember(key, entry)
         self.last_stats = {"computed": len(missing), "reused": len(set(keys)) - len(missing),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ from ..data.media import MediaError
 from ..modalities import MODALITIES, Decoded, Modality
 from .errors import ApiError, invalid
 
-_DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
+# ASCII only, as the OpenAPI schema's pattern spells it (serve/openapi.py).
+_DATA_URL = re.compile(r"^data:[A-Za-z0-9_/+.-]*;base64,", re.IGNORECASE | re.ASCII)
 
 
 @dataclass
@@ -35,12 +37,16 @@ class ModelRow:
     modalities have no key."""
 
     values: dict[str, Any] = field(default_factory=dict)
+    # File modality -> digest of the uploaded bytes: two requests of one batch that send the same
+    # file are one input to the model (encoded once), as rows of a table naming one file are.
+    digests: dict[str, bytes] = field(default_factory=dict)
 
     def get(self, modality: str) -> Any | None:
         return self.values.get(modality)
 
     def without(self, modality: str) -> "ModelRow":
-        return ModelRow({name: value for name, value in self.values.items() if name != modality})
+        return ModelRow({name: value for name, value in self.values.items() if name != modality},
+                        {name: value for name, value in self.digests.items() if name != modality})
 
 
 def decode_base64(value: str, field: str, modality: str = "file") -> bytes:
@@ -54,12 +60,12 @@ def decode_base64(value: str, field: str, modality: str = "file") -> bytes:
 
 def check_string(modality: Modality, value: str, field: str, limits: dict[str, Any]) -> Any:
     """A string modality's value, cleaned by its spec; refused (not cut) when over a `max_*_chars` cap."""
-    clean = value.replace("\x00", "").strip()
     for name, cap in limits.items():
         # A model would cut an overlong cell; a server refuses it, so nobody is answered about
-        # a text it did not read in full.
-        if name in modality.limits and name.endswith("_chars") and len(clean) > cap:
-            raise invalid(field, f"{modality.name} too long: {len(clean):,} characters (max {cap:,})")
+        # a text it did not read in full. The string as sent is counted (as the OpenAPI
+        # schema's maxLength counts it), surrounding blanks included.
+        if name in modality.limits and name.endswith("_chars") and len(value) > cap:
+            raise invalid(field, f"{modality.name} too long: {len(value):,} characters (max {cap:,})")
     try:
         return modality.parse(value, "", SimpleNamespace(**limits))
     except MediaError as error:
@@ -85,6 +91,7 @@ def make_row(values: dict[str, bytes | str], *, where: str, limits: dict[str, An
             field = f"{where}{name}"
             if modality.is_file:
                 row.values[name] = save_upload(modality, values[name], field, limits=limits, folder=folder)
+                row.digests[name] = hashlib.blake2b(values[name], digest_size=16).digest()
             else:
                 row.values[name] = check_string(modality, values[name], field, limits)
     except ApiError:
@@ -93,9 +100,9 @@ def make_row(values: dict[str, bytes | str], *, where: str, limits: dict[str, An
     return row
 
 
-def check_request_pixels(rows: list[tuple[str, dict[str, Any]]], limits: dict[str, Any], cap: int) -> None:
+def check_request_pixels(rows: list[tuple[str, dict[str, Any]]], limits: dict[str, Any], cap: int) -> int:
     """Refuse (413, naming the file that passes the cap) a request whose files would decode to more
-    than `cap` pixels in all. `rows`: (field prefix, raw values) per row."""
+    than `cap` pixels in all; else the pixels they decode to. `rows`: (field prefix, raw values) per row."""
     total = 0
     for where, values in rows:
         for name, value in values.items():
@@ -111,6 +118,7 @@ def check_request_pixels(rows: list[tuple[str, dict[str, Any]]], limits: dict[st
                 raise invalid(field, f"the request's images would decode to {total:,} pixels in all, more than "
                                      f"this server's {cap:,} (max_request_pixels): send fewer or smaller images "
                                      "per request", status=413)
+    return total
 
 
 def discard(rows: list[ModelRow]) -> None:

@@ -49,7 +49,7 @@ class BodyLimit:
             if complete:
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+                message = await _within(receive(), deadline)
             except asyncio.TimeoutError:
                 # Raised inside body parsing like the 413 below; `Connection: close` because the
                 # rest of the body may still be on its way.
@@ -65,3 +65,13 @@ class BodyLimit:
             return message
 
         await self.app(scope, counted, send)
+
+
+if hasattr(asyncio, "timeout_at"):  # Python 3.11+: a deadline on the task itself, no task per call
+    async def _within(awaitable, deadline: float):
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout_at(loop.time() + max(0.0, deadline - time.monotonic())):
+            return await awaitable
+else:  # pragma: no cover - Python 3.10
+    async def _within(awaitable, deadline: float):
+        return await asyncio.wait_for(awaitable, max(0.0, deadline - time.monotonic()))

@@ -19,11 +19,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(app: FastAPI, *, startup_timeout_s: float = 30.0, log_level: str = "warning") -> Iterator[str]:
+def running(app: FastAPI, *, startup_timeout_s: float = 30.0, log_level: str = "warning",
+            http: str = "auto") -> Iterator[str]:
     """Serve `app` on http://127.0.0.1:PORT while the block runs; yields that base URL. The server
-    is `mmfuse serve`'s (same timeouts and limits), except that it stays up if the model fails."""
+    is `mmfuse serve`'s (same timeouts and limits), except that it stays up if the model fails.
+    `http`: the protocol implementation (see `server.make_server`)."""
     port = free_port()
-    server = make_server(app, host="127.0.0.1", port=port, log_level=log_level)
+    server = make_server(app, host="127.0.0.1", port=port, log_level=log_level, http=http)
     thread = threading.Thread(target=server.run, name="mmfuse-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout_s

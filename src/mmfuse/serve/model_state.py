@@ -12,8 +12,8 @@ log = logging.getLogger("mmfuse.serve")
 
 
 class ModelState:
-    def __init__(self, load: Callable[[], Any]):
-        self.load = load
+    def __init__(self, load: Callable[[], Any], after_load: Callable[[], Any] | None = None):
+        self.load, self.after_load = load, after_load
         self.status = "loading"   # -> "ready" | "failed"
         self.runner: ModelRunner | None = None
         self.error: str | None = None
@@ -31,6 +31,8 @@ class ModelState:
             self.status = "failed"
             log.error("model failed to load: %s", self.error)
             return
+        if self.after_load is not None:
+            self.after_load()
         self.status = "ready"
         log.info("model ready in %.1f s (%s, %d labels)", time.perf_counter() - started,
                  self.runner.task, len(self.runner.labels))

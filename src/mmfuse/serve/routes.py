@@ -3,8 +3,11 @@
 No modality is named here: rows, form parts and contributions follow `mmfuse.modalities.MODALITIES`.
 
 A request's `timeout_s` starts once its body is in and covers decoding its inputs (in a worker
-thread), the queue and the model: past it the answer is 504 at once, and work still running for
-it stops at the next row (rows it finishes anyway are deleted).
+thread; a few small images on the event loop), the queue and the model: past it the answer is 504
+at once, and work still running for it stops at the next row (rows it finishes anyway are deleted).
+
+Each answered prediction is logged at DEBUG (with `--mask-pii`, its text masked); the access log
+has every request at INFO.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from ..modalities import MODALITIES, Modality
 from .batcher import Closed, Overloaded
@@ -25,20 +29,42 @@ from .errors import ApiError, invalid, unavailable
 from .inputs import ModelRow, check_request_pixels, decode_base64, discard, make_row
 from .privacy import log_preview
 from .runner import ModelRunner, RowResult, refused
-from .schemas import (MAX_TOP_K, Contribution, EmbedRequest, EmbedResponse, Health, Info, LabelScore,
-                      ModalityInfo, Prediction, PredictRequest, PredictResponse, RowIn)
+from .schemas import (MAX_TOP_K, Contribution, EmbedRequest, EmbedResponse, ErrorBody, Health, Info,
+                      LabelScore, ModalityInfo, Prediction, PredictRequest, PredictResponse, RowIn)
 from .security import token_matches
 
 log = logging.getLogger("mmfuse.serve")
 
 
-def require_token(request: Request) -> None:
+async def require_token(request: Request) -> None:  # async: a sync dependency costs a thread hop
     token = request.app.state.settings.token
     if token is not None and not token_matches(request.headers.get("authorization"), token):
         missing = not request.headers.get("authorization")
         raise ApiError(401, "unauthorized", "missing bearer token" if missing else "wrong bearer token",
                        field="Authorization", headers={"WWW-Authenticate": "Bearer"})
 
+
+REFUSALS = {
+    400: "Malformed multipart body.",
+    401: "Missing or wrong bearer token.",
+    408: "The body did not arrive within the server's body timeout (the connection is closed).",
+    413: "The body is over the server's cap, or the request's images would decode to more than max_request_pixels.",
+    415: "A file in a format outside the allowlist (or not a file of that kind at all).",
+    422: "A value the server refuses (the field is named): malformed or schema-violating JSON, blank or overlong "
+         "text, bad base64, a truncated, corrupt or too large file, a row without any input, too many rows.",
+    501: "This model does not expose its fused representation.",
+    503: "The model is still loading or failed to load, the queue is full, or the server is shutting down "
+         "(see Retry-After).",
+    504: "No answer within the request timeout.",
+}
+
+
+def refusals(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` for the refusals a route makes, each with the JSON error body."""
+    return {status: {"model": ErrorBody, "description": REFUSALS[status]} for status in statuses}
+
+
+MODEL_REFUSALS = (401, 408, 413, 415, 422, 503, 504)
 
 health = APIRouter(tags=["health"])
 api = APIRouter(dependencies=[Depends(require_token)], route_class=StrictRoute)
@@ -64,7 +90,9 @@ def ready(request: Request):
                         headers={"Retry-After": "1"})
 
 
-@api.get("/metrics", tags=["health"], response_class=Response)
+@api.get("/metrics", tags=["health"], response_class=Response, responses={
+    200: {"description": "Prometheus text format.", "content": {"text/plain": {"schema": {"type": "string"}}}},
+    **refusals(401)})
 def metrics(request: Request) -> Response:
     """Prometheus metrics: requests, latency, batch sizes, errors by kind, queue depth."""
     registry = request.app.state.metrics
@@ -80,7 +108,7 @@ def runner_of(request: Request) -> ModelRunner:
     return state.runner
 
 
-@api.get("/info", response_model=Info)
+@api.get("/info", response_model=Info, responses=refusals(401, 503))
 def info(request: Request) -> Info:
     """What the model expects and answers, how to send each input, and the server's input limits."""
     settings, runner = request.app.state.settings, runner_of(request)
@@ -118,13 +146,36 @@ def _row(request: Request, runner: ModelRunner, values: dict[str, bytes | str | 
 
 def _limits(request: Request, runner: ModelRunner) -> dict:
     """The server's caps, and what the model's encoders look at (uploads decode no larger)."""
-    return {**request.app.state.settings.limits(), **runner.encoder_options}
+    cached = getattr(request.app.state, "input_limits", None)
+    if cached is None or cached[0] is not runner:  # once per model (the settings do not change)
+        cached = request.app.state.input_limits = (runner, {**request.app.state.settings.limits(),
+                                                            **runner.encoder_options})
+    return cached[1]
 
 
-def _rows(request: Request, runner: ModelRunner, rows: list[tuple[str, dict]], deadline: float) -> list[ModelRow]:
+# A request whose files are this small in all, in bytes and in decoded pixels (read from their
+# headers first), is decoded on the event loop (well under a millisecond for easy-VQA's 64x64
+# PNGs): handing it to a worker thread and back costs more than the decoding. Anything bigger, or
+# a file modality whose decoding cost its header does not tell (audio), goes to a worker thread.
+INLINE_BYTES = 64 * 1024
+INLINE_PIXELS = 512 * 512
+
+
+class _Heavy(Exception):
+    """Too much to decode on the event loop: decode in a worker thread instead."""
+
+
+def _rows(request: Request, runner: ModelRunner, rows: list[tuple[str, dict]], deadline: float,
+          inline: bool = False) -> list[ModelRow]:
     """(field prefix, raw values) per row -> ModelRows, decoded one after the other in this worker
-    thread, after the request-wide pixel cap (read from the headers) has passed."""
-    check_request_pixels(rows, _limits(request, runner), request.app.state.settings.max_request_pixels)
+    thread (`inline`: on the event loop, or `_Heavy`), after the request-wide pixel cap (read from
+    the headers) has passed."""
+    limits = _limits(request, runner)
+    pixels = check_request_pixels(rows, limits, request.app.state.settings.max_request_pixels)
+    if inline and (pixels > INLINE_PIXELS or any(
+            isinstance(value, bytes) and getattr(MODALITIES[name], "decoded_pixels", None) is None
+            for _, values in rows for name, value in values.items())):
+        raise _Heavy
     out: list[ModelRow] = []
     try:
         for where, values in rows:
@@ -137,7 +188,8 @@ def _rows(request: Request, runner: ModelRunner, rows: list[tuple[str, dict]], d
     return out
 
 
-def _json_rows(request: Request, runner: ModelRunner, rows: list[RowIn], deadline: float) -> list[ModelRow]:
+def _json_rows(request: Request, runner: ModelRunner, rows: list[RowIn], deadline: float,
+               inline: bool = False) -> list[ModelRow]:
     limit = request.app.state.settings.max_rows
     if len(rows) > limit:
         raise invalid("rows", f"{len(rows)} rows in one request (max {limit})")
@@ -151,7 +203,7 @@ def _json_rows(request: Request, runner: ModelRunner, rows: list[RowIn], deadlin
                 value = decode_base64(value, f"{where}{name}", name)
             values[name] = value
         raw.append((where, values))
-    return _rows(request, runner, raw, deadline)
+    return _rows(request, runner, raw, deadline, inline)
 
 
 def _deadline(request: Request) -> float:
@@ -162,8 +214,14 @@ def _timed_out(request: Request) -> ApiError:
     return ApiError(504, "timeout", f"no answer within {request.app.state.settings.timeout_s:g} s")
 
 
-async def _decoded(request: Request, deadline: float, build, *args) -> list[ModelRow]:
-    """`build(*args)`, which decodes rows in a worker thread, awaited until the deadline only."""
+async def _decoded(request: Request, deadline: float, size: int, build, *args) -> list[ModelRow]:
+    """`build(*args)`, which decodes rows in a worker thread, awaited until the deadline only; on
+    the event loop if the request's `size` bytes of files are few enough (`INLINE_BYTES`)."""
+    if size <= INLINE_BYTES:
+        try:
+            return build(*args, inline=True)
+        except _Heavy:
+            pass
     task = asyncio.ensure_future(run_in_threadpool(build, *args))
     try:
         return await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - time.monotonic()))
@@ -181,9 +239,17 @@ def _discard_late(task: asyncio.Future) -> None:
         discard(task.result())
 
 
+def _file_bytes(rows: list[RowIn]) -> int:
+    """About how many bytes of files the JSON rows carry (base64 is 4/3 of them)."""
+    return sum(3 * len(getattr(row, name)) // 4 for row in rows for name, modality in MODALITIES.items()
+               if modality.is_file and getattr(row, name) is not None)
+
+
 async def _run(request: Request, rows: list[ModelRow], deadline: float) -> list[RowResult]:
     try:
-        return await asyncio.wait_for(request.app.state.batcher.submit(rows), max(0.0, deadline - time.monotonic()))
+        # A future, not a coroutine: wait_for then needs no task of its own.
+        job = request.app.state.batcher.submit_nowait(rows)
+        return await asyncio.wait_for(job, max(0.0, deadline - time.monotonic()))
     except Overloaded as error:
         raise unavailable("overloaded", f"server busy: {error}; retry shortly") from None
     except Closed as error:
@@ -229,13 +295,19 @@ def _contribution(runner: ModelRunner, full: RowResult, without: dict[str, RowRe
                         without={name: float(result.scores[best]) for name, result in without.items()})
 
 
+def answer(body: BaseModel) -> Response:
+    """A validated response body as JSON, serialised by pydantic: returned as a Response, FastAPI
+    does not validate and serialise it a second time (`response_model` still documents it)."""
+    return Response(body.model_dump_json(), media_type="application/json")
+
+
 def _log_text(row: ModelRow) -> str | None:
     """What of a row the log may show: its text (strings only; never file contents)."""
     return next((value for name, value in row.values.items() if not MODALITIES[name].is_file), None)
 
 
 async def _predict(request: Request, runner: ModelRunner, rows: list[ModelRow], top_k: int,
-                   explain: bool, deadline: float) -> PredictResponse:
+                   explain: bool, deadline: float) -> Response:
     started = time.perf_counter()
     todo, plan = _explained(rows, explain)
     try:
@@ -252,21 +324,27 @@ async def _predict(request: Request, runner: ModelRunner, rows: list[ModelRow], 
             prediction.contribution = _contribution(runner, result, {name: results[p] for name, p in runs[1:]})
         predictions.append(prediction)
     mask = request.app.state.settings.mask_pii
-    log.info("predict rows=%d inputs=%s text=%s -> %s (%.1f ms)", len(rows), "+".join(rows[0].values),
-             log_preview(_log_text(rows[0]), mask=mask), predictions[0].prediction,
-             1000 * (time.perf_counter() - started))
-    return PredictResponse(predictions=predictions)
+    if log.isEnabledFor(logging.DEBUG):  # per request: the access log has every request at INFO
+        log.debug("predict rows=%d inputs=%s text=%s -> %s (%.1f ms)", len(rows), "+".join(rows[0].values),
+                  log_preview(_log_text(rows[0]), mask=mask), predictions[0].prediction,
+                  1000 * (time.perf_counter() - started))
+    return answer(PredictResponse(predictions=predictions))
 
 
-@api.post("/predict", response_model=PredictResponse, tags=["model"])
-async def predict(request: Request, body: PredictRequest) -> PredictResponse:
+@api.post("/predict", response_model=PredictResponse, tags=["model"], responses=refusals(*MODEL_REFUSALS))
+async def predict(request: Request, body: PredictRequest) -> Response:
     """Predict one row or a batch (JSON; files base64). Any input may be left out."""
+    return await predict_json(request, body)
+
+
+async def predict_json(request: Request, body: PredictRequest) -> Response:
+    """POST /predict once the body is validated (also the end of the fast lane, serve/fastlane.py)."""
     runner, deadline = runner_of(request), _deadline(request)
-    rows = await _decoded(request, deadline, _json_rows, request, runner, body.rows, deadline)
+    rows = await _decoded(request, deadline, _file_bytes(body.rows), _json_rows, request, runner, body.rows, deadline)
     return await _predict(request, runner, rows, body.top_k, body.explain, deadline)
 
 
-async def predict_upload(request: Request, top_k: int = 3, explain: bool = False, **parts) -> PredictResponse:
+async def predict_upload(request: Request, top_k: int = 3, explain: bool = False, **parts) -> Response:
     """Predict one row from a multipart form: a file part per file input (image, audio, ...) and a
     form field per text input, each optional."""
     runner, deadline = runner_of(request), _deadline(request)
@@ -277,15 +355,18 @@ async def predict_upload(request: Request, top_k: int = 3, explain: bool = False
             # An empty file input of a browser form (no name, no bytes) means "no file".
             part = await part.read() if (part.filename or part.size) else None
         values[name] = part
-    rows = await _decoded(request, deadline, _rows, request, runner, [("", values)], deadline)
+    size = sum(len(value) for value in values.values() if isinstance(value, bytes))
+    rows = await _decoded(request, deadline, size, _rows, request, runner, [("", values)], deadline)
     return await _predict(request, runner, rows, top_k, explain, deadline)
 
 
 def _upload_part(name: str, modality: Modality) -> inspect.Parameter:
+    # Not Optional: a multipart part is a file or a string, never null; leaving it out is the
+    # absence (the default), so the schema types an image part as a file and a string there is a 422.
     if modality.is_file:
-        annotation = Annotated[UploadFile | None, File(description=f"{modality.help} The file.")]
+        annotation = Annotated[UploadFile, File(description=f"{modality.help} The file.")]
     else:
-        annotation = Annotated[str | None, Form(description=modality.help)]
+        annotation = Annotated[str, Form(description=f"{modality.help} Empty: no {name}.")]
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 
 
@@ -298,15 +379,16 @@ predict_upload.__signature__ = inspect.Signature([
                       annotation=Annotated[int, Form(ge=1, le=MAX_TOP_K)]),
     inspect.Parameter("explain", inspect.Parameter.KEYWORD_ONLY, default=False,
                       annotation=Annotated[bool, Form(description="Also score the row without each of its inputs.")]),
-], return_annotation=PredictResponse)
-api.post("/predict/upload", response_model=PredictResponse, tags=["model"])(predict_upload)
+], return_annotation=Response)
+api.post("/predict/upload", response_model=PredictResponse, tags=["model"],
+         responses=refusals(400, *MODEL_REFUSALS))(predict_upload)
 
 
-@api.post("/embed", response_model=EmbedResponse, tags=["model"])
-async def embed(request: Request, body: EmbedRequest) -> EmbedResponse:
+@api.post("/embed", response_model=EmbedResponse, tags=["model"], responses=refusals(*MODEL_REFUSALS, 501))
+async def embed(request: Request, body: EmbedRequest) -> Response:
     """The fused representation (the task head's input) of each row."""
     runner, deadline = runner_of(request), _deadline(request)
-    rows = await _decoded(request, deadline, _json_rows, request, runner, body.rows, deadline)
+    rows = await _decoded(request, deadline, _file_bytes(body.rows), _json_rows, request, runner, body.rows, deadline)
     try:
         results = await _run(request, rows, deadline)
     finally:
@@ -318,4 +400,4 @@ async def embed(request: Request, body: EmbedRequest) -> EmbedResponse:
         if result.fused is None:
             raise ApiError(501, "not_available", "this model does not expose its fused representation")
         vectors.append(result.fused.tolist())
-    return EmbedResponse(dim=len(vectors[0]), embeddings=vectors)
+    return answer(EmbedResponse(dim=len(vectors[0]), embeddings=vectors))

@@ -5,9 +5,9 @@ modality is accepted by the server without a change here.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from ..modalities import MODALITIES, Modality
 
@@ -18,6 +18,15 @@ class _Strict(BaseModel):
     # Strict: `"text": 5` or `"top_k": "3"` is a 422 naming the field, never silently coerced;
     # unknown fields are refused so a misspelt field name is not silently ignored.
     model_config = ConfigDict(strict=True, extra="forbid")
+
+
+def _integral(value: Any) -> Any:
+    """JSON has one number type: `5.0` is the integer 5 (JSON Schema says so too); `5.5`, `"5"` and
+    `true` still fail strict validation."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 
 def describe(modality: Modality) -> str:
@@ -36,7 +45,7 @@ RowIn = create_model(
 
 class PredictRequest(_Strict):
     rows: list[RowIn] = Field(..., min_length=1, description="One row or a batch.")
-    top_k: int = Field(3, ge=1, le=MAX_TOP_K)
+    top_k: JsonInt = Field(3, ge=1, le=MAX_TOP_K)
     explain: bool = Field(False, description="Also score each row (with two inputs or more) without each of its inputs.")
 
 
@@ -47,7 +56,7 @@ class EmbedRequest(_Strict):
 class SearchRequest(_Strict):
     text: str | None = Field(None, description="Search by text...")
     image: str | None = Field(None, description="...or by an image (base64).")
-    k: int = Field(8, ge=1, le=100)
+    k: JsonInt = Field(8, ge=1, le=100)
 
 
 class LabelScore(BaseModel):
@@ -110,6 +119,22 @@ class Info(BaseModel):
     max_body_bytes: int
     max_request_pixels: int = Field(description="Decoded image pixels in one request, all rows together.")
     limits: dict[str, int | float] = Field(description="Every input cap of this server.")
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every refusal: a short stable kind, the request part at fault, and what is wrong with it."""
+
+    error: str = Field(description="A short stable word: invalid_input, too_large, unsupported_media_type, "
+                                   "unauthorized, timeout, overloaded, not_ready, ...")
+    field: str | None = Field(description="The request part at fault (`rows[0].image`, `body`, `Authorization`), "
+                                          "or null when no field is to blame.")
+    message: str
+    details: list[ErrorDetail] | None = Field(None, description="Every problem found (schema violations only).")
 
 
 class Health(BaseModel):

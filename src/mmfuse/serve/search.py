@@ -90,12 +90,12 @@ def _thumbnail(record: dict[str, Any]) -> str | None:
 
 def attach_search(app: FastAPI, directory: Path) -> None:
     from .bodies import StrictRoute
-    from .routes import require_token
+    from .routes import refusals, require_token
 
     app.state.search = SearchIndex(directory)
     router = APIRouter(dependencies=[Depends(require_token)], tags=["search"], route_class=StrictRoute)
 
-    @router.post("/search", response_model=SearchResponse)
+    @router.post("/search", response_model=SearchResponse, responses=refusals(401, 408, 413, 415, 422, 503))
     async def search(request: Request, body: SearchRequest) -> SearchResponse:
         """Nearest items of the index to a text or an image (exactly one of them)."""
         index: SearchIndex = request.app.state.search
