@@ -32,6 +32,7 @@ CANDIDATES = {
     "default": [],
     "e10": ["train.epochs=10", "encoders.image.options={channels: [32, 64, 128, 128]}"],
     "e6": ["train.epochs=6", "encoders.image.options={channels: [32, 64, 128, 128]}"],
+    "narrow-e12": ["train.epochs=12", "encoders.image.options={channels: [16, 32, 64, 128]}"],
     "narrow-e10": ["train.epochs=10", "encoders.image.options={channels: [16, 32, 64, 128]}"],
     "narrow-e6": ["train.epochs=6", "encoders.image.options={channels: [16, 32, 64, 128]}"],
     "narrow-e4": ["train.epochs=4", "encoders.image.options={channels: [16, 32, 64, 128]}"],
@@ -94,8 +95,9 @@ def accuracy_by_kind(model_dir: Path) -> dict[str, float]:
 
     test = load_shape_scenes().query("split == 'test'").reset_index(drop=True)
     predicted = Predictor.load(model_dir).predict(test)
-    right = predicted["prediction"].to_numpy() == test.loc[predicted["row"], "answer"].to_numpy()
-    kinds = test.loc[predicted["row"], "question"].map(question_kind).to_numpy()
+    asked = test.loc[predicted["row"] - 1]  # `row` counts from 1, like the table's rows
+    right = predicted["prediction"].to_numpy() == asked["answer"].to_numpy()
+    kinds = asked["question"].map(question_kind).to_numpy()
     return pd.Series(right).groupby(kinds).mean().to_dict()
 
 
