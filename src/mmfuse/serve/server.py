@@ -45,13 +45,37 @@ KEEP_ALIVE_S = 5
 SECRET_PARAMETERS = re.compile(r"(.*[_-])?(token|api[_-]?key|key|secret|password|passwd|auth|signature|sig)")
 
 
-class GuardedH11(H11Protocol):
+class HeaderDeadline:
+    """A deadline for request headers, shared by both protocols: a timer runs while the
+    connection awaits headers (`_awaiting_headers`), and closes it if they are not complete in time."""
+
+    header_timeout_s: float
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def _awaiting_headers(self) -> bool:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _watch_headers(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _stop_watching(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self._awaiting_headers() and not self.transport.is_closing():
+            self.transport.close()
+
+
+class GuardedH11(HeaderDeadline, H11Protocol):
     """uvicorn's h11 protocol with a deadline for request headers and a cap on open connections."""
 
     def __init__(self, *args: Any, header_timeout_s: float, max_connections: int, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.header_timeout_s, self.max_connections = header_timeout_s, max_connections
-        self._header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -72,19 +96,8 @@ class GuardedH11(H11Protocol):
         self._stop_watching()
         super().connection_lost(exc)
 
-    def _watch_headers(self) -> None:
-        if self._header_timer is None:
-            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
-
-    def _stop_watching(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _headers_too_slow(self) -> None:
-        self._header_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self.transport.close()
+    def _awaiting_headers(self) -> bool:
+        return self.conn.their_state is h11.IDLE
 
 
 class CoalescedWrites:
@@ -116,14 +129,13 @@ class CoalescedWrites:
         return getattr(self._transport, name)
 
 
-class GuardedHttpTools(HttpToolsProtocol or object):  # type: ignore[misc]
+class GuardedHttpTools(HeaderDeadline, HttpToolsProtocol or object):  # type: ignore[misc]
     """The same guards on uvicorn's httptools protocol: the header deadline runs from a
     connection's opening and from the first byte of each request until its headers are complete."""
 
     def __init__(self, *args: Any, header_timeout_s: float, max_connections: int, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.header_timeout_s, self.max_connections = header_timeout_s, max_connections
-        self._header_timer: asyncio.TimerHandle | None = None
         self._in_headers = True  # nothing received yet: the first request's headers are awaited
         self._header_bytes = 0
 
@@ -157,19 +169,8 @@ class GuardedHttpTools(HttpToolsProtocol or object):  # type: ignore[misc]
         self._stop_watching()
         super().connection_lost(exc)
 
-    def _watch_headers(self) -> None:
-        if self._header_timer is None:
-            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
-
-    def _stop_watching(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _headers_too_slow(self) -> None:
-        self._header_timer = None
-        if self._in_headers and not self.transport.is_closing():
-            self.transport.close()
+    def _awaiting_headers(self) -> bool:
+        return self._in_headers
 
 
 def redact_query(path: str) -> str:
