@@ -358,3 +358,19 @@ def test_a_very_wide_table_reads_only_the_bound_columns(tmp_path):
     message = str(error.value)
     assert "column 'prompt' (data.columns.text) not found" in message and "200003 columns" in message
     assert "'image', 'question', 'answer'" in message and len(message) < 600
+
+
+def test_resuming_mid_epoch_logs_the_epoch_without_a_traceback(caplog):
+    """Ctrl-C mid-epoch, then --resume: Lightning continues that epoch without calling
+    on_train_epoch_start, and the epoch line raised AttributeError ('no attribute start')."""
+    from types import SimpleNamespace
+
+    from mmfuse.train import EpochSummary
+
+    summary = EpochSummary()
+    trainer = SimpleNamespace(callback_metrics={"train_loss": torch.tensor(0.5)}, current_epoch=0, max_epochs=2)
+    module = SimpleNamespace(monitor="val_acc")
+    summary.on_train_start(trainer, module)  # the hooks of a resumed run, in Lightning's order
+    with caplog.at_level("INFO", logger="mmfuse.train"):
+        summary.on_train_epoch_end(trainer, module)
+    assert "epoch 1/2  train_loss 0.5000" in caplog.text

@@ -131,6 +131,11 @@ def drop_modalities(batch: Batch, rates: dict[str, float]) -> Batch:
 class EpochSummary(Callback):
     """One log line per epoch when the progress bar is off (logs, CI, `make demo`)."""
 
+    def on_train_start(self, trainer, module) -> None:
+        # A run resumed from a mid-epoch checkpoint (Ctrl-C, SIGTERM) continues that epoch
+        # without calling on_train_epoch_start: its time counts from here.
+        self.start = time.perf_counter()
+
     def on_train_epoch_start(self, trainer, module) -> None:
         self.start = time.perf_counter()
 
