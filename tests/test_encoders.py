@@ -58,15 +58,22 @@ def test_gru_masks_padding():
     assert torch.allclose(feats.pooled[1], alone.pooled[0], atol=1e-5)  # padding does not leak in
 
 
-def test_hf_encoder_loads_a_local_model(tmp_path):
-    """The real transformers loading path, on a tiny random BERT written to disk here."""
+def write_tiny_bert(folder):
+    """A tiny random BERT and its tokenizer, saved the way a hub or package folder holds them."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "what", "color", "is", "the", "shape", "?"]
-    (tmp_path / "vocab.txt").write_text("\n".join(vocab))
-    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab))
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
     BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32)).save_pretrained(tmp_path)
+                         intermediate_size=32)).save_pretrained(folder)
+    return folder
+
+
+def test_hf_encoder_loads_a_local_model(tmp_path):
+    """The real transformers loading path, on a tiny random BERT written to disk here."""
+    write_tiny_bert(tmp_path)
     encoder = create_encoder("text", f"hf:{tmp_path}", max_tokens=8)
     assert not encoder.trainable and encoder.out_dim == 16
     feats = encoder(encoder.prepare(["what color is the shape?", "shape"]))
@@ -93,3 +100,55 @@ def test_packaged_backbones_give_real_features():
 def test_registry_lists_encoders_per_modality():
     assert {"small_cnn", "efficientnet_lite0", "timm", "tiny_image"} <= set(available_encoders("image"))
     assert {"minilm", "hf", "bow", "gru", "tiny_text"} <= set(available_encoders("text"))
+
+
+def test_cached_run_remembers_the_fingerprint_instead_of_reading_the_weights(tmp_path, monkeypatch):
+    """Hashing a frozen model's weights makes all of them resident (87 MB for MiniLM) in a run that
+    only reads cached features: the cache remembers the fingerprint by the weight files' stat."""
+    import os
+
+    import pytest
+
+    from mmfuse.encoders.cache import FeatureCache
+    from mmfuse.encoders.text import HFTextEncoder
+
+    model = write_tiny_bert(tmp_path / "bert")
+    cache = FeatureCache(tmp_path / "cache")
+    texts = ["what color is the shape?", "shape"]
+    fresh = create_encoder("text", f"hf:{model}")
+    first = cache.features(fresh, texts, list)
+    expected = fresh.fingerprint()
+
+    def no_weight_reads(self, *args, **kwargs):
+        raise AssertionError("the weights were read")
+
+    monkeypatch.setattr(HFTextEncoder, "state_dict", no_weight_reads)
+    again_encoder = create_encoder("text", f"hf:{model}")
+    again = cache.features(again_encoder, texts, list)  # no weight read: the fingerprint is remembered
+    assert cache.last_stats["computed"] == 0 and torch.equal(again.pooled, first.pooled)
+    assert again_encoder.fingerprint() == expected
+
+    # A touched weight file is another source: the fingerprint is hashed again ...
+    weights = next(model.glob("*.safetensors"))
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="weights were read"):
+        cache.features(create_encoder("text", f"hf:{model}"), texts, list)
+    monkeypatch.undo()
+    # ... and, the weights being the same, the cached features still fit.
+    cache.features(create_encoder("text", f"hf:{model}"), texts, list)
+    assert cache.last_stats["computed"] == 0
+
+
+def test_gelu_without_onednn_state_equals_torch_gelu():
+    """mmfuse.activations.gelu is exact GELU (heads run it on a new row count every batch)."""
+    from mmfuse.activations import GELU, gelu
+
+    x = torch.randn(517, 256, dtype=torch.float64) * 4
+    assert torch.allclose(gelu(x), torch.nn.functional.gelu(x), atol=1e-12)
+    x32 = torch.randn(300, 64, requires_grad=True)
+    gelu(x32).sum().backward()
+    reference = x32.detach().clone().requires_grad_(True)
+    torch.nn.functional.gelu(reference).sum().backward()
+    assert torch.allclose(x32.grad, reference.grad, atol=1e-6)
+    assert GELU().state_dict() == {} and torch.nn.GELU().state_dict() == {}

@@ -21,6 +21,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..activations import GELU
 from ..artifact import read_config, read_json, read_part
 from ..config import AlignConfig, Config, dump_config
 from ..data.media import MediaError, open_image
@@ -40,7 +41,7 @@ class ProjectionHead(nn.Module):
     def __init__(self, in_dim: int, dim: int, hidden: int = 0):
         super().__init__()
         self.net = nn.Linear(in_dim, dim) if hidden == 0 else nn.Sequential(
-            nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+            nn.Linear(in_dim, hidden), GELU(), nn.Linear(hidden, dim))
         self.register_buffer("in_mean", torch.zeros(in_dim))
         self.register_buffer("in_std", torch.ones(in_dim))
         self.register_buffer("out_mean", torch.zeros(dim))

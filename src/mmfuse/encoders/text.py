@@ -57,6 +57,10 @@ class HFTextEncoder(Encoder):
     def describe(self) -> str:
         return f"hf:{Path(self.source).name}:max_tokens={self.max_tokens}"
 
+    def weight_files(self) -> list[Path]:
+        folder = Path(self.source)  # a local folder (a package's copy); a hub name is not remembered
+        return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+
 
 @register_encoder("hf")
 def hf_text(*, target: str, max_tokens: int = 64) -> HFTextEncoder:

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..activations import gelu
 from ..errors import ConfigError
 from ..features import Features, masked_mean
 from .audio import AudioEncoder
@@ -191,7 +192,7 @@ class FeedForward(nn.Module):
         self.linear_1 = nn.Linear(4 * width, width)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.linear_1(F.gelu(self.linear_0(self.layer_norm(x))))
+        return self.linear_1(gelu(self.linear_0(self.layer_norm(x))))
 
 
 class EncoderLayer(nn.Module):
@@ -229,11 +230,11 @@ class WhisperAudioEncoder(nn.Module):
         if lengths is not None:
             inside = (torch.arange(frames, device=mel.device)[None, :] < 2 * lengths[:, None])[:, None, :]
             mel = mel * inside
-            x = F.gelu(self.conv1(mel)) * inside
+            x = gelu(self.conv1(mel)) * inside
             key_mask = torch.arange(frames // 2, device=mel.device)[None, :] < lengths[:, None]
         else:
-            x = F.gelu(self.conv1(mel))
-        x = F.gelu(self.conv2(x)).transpose(1, 2)
+            x = gelu(self.conv1(mel))
+        x = gelu(self.conv2(x)).transpose(1, 2)
         x = x + self.position_encodings[: x.shape[1]]
         for layer in self.layer:
             x = layer(x, key_mask)

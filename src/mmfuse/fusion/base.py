@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from ..activations import GELU
 from ..errors import ConfigError
 from ..features import Features, as_tokens
 from ..registry import Registry
@@ -250,7 +251,7 @@ class CrossAttentionBlock(nn.Module):
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(
-            nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(dim, 2 * dim), GELU(), nn.Dropout(dropout),
             nn.Linear(2 * dim, dim), nn.Dropout(dropout))
 
     def forward(self, x: Tensor, ctx: Tensor | None = None, ctx_mask: Tensor | None = None) -> Tensor:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..activations import GELU
+
 
 class TaskHead(nn.Module):
     """MLP (or one linear layer when hidden=0) from the fused vector to the task outputs."""
@@ -12,7 +14,7 @@ class TaskHead(nn.Module):
         super().__init__()
         self.task = task
         if hidden:
-            self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+            self.net = nn.Sequential(nn.Linear(in_dim, hidden), GELU(), nn.Dropout(dropout),
                                      nn.Linear(hidden, out_dim))
         else:
             self.net = nn.Linear(in_dim, out_dim)

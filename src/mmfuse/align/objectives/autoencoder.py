@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...activations import GELU
 from .base import AlignBatch, Objective, center, register_objective
 
 
@@ -20,7 +21,7 @@ def dimension_correlation(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
 
 
 def decoder(dim: int, out_dim: int, hidden: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+    return nn.Sequential(nn.Linear(dim, hidden), GELU(), nn.Linear(hidden, out_dim))
 
 
 @register_objective("autoencoder")
