@@ -111,7 +111,7 @@ def load_artifact(cls, directory: str | Path):
         raise ArtifactError(f"{path}/model.safetensors does not fit the config: missing {really_missing[:5]}, "
                             f"unexpected {result.unexpected_keys[:5]}")
     for modality, encoder in encoders.items():  # checked once loaded: stored weights count too
-        if not encoder.trainable and encoder.fingerprint() != recorded[modality]["fingerprint"]:
+        if not encoder.trainable and not encoder.matches_fingerprint(recorded[modality]["fingerprint"]):
             raise ArtifactError(
                 f"the frozen {modality} encoder {getattr(config.encoders, modality).name!r} rebuilt here has "
                 f"fingerprint {encoder.fingerprint()}, the model was trained with "

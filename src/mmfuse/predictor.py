@@ -150,6 +150,8 @@ class Predictor:
         if resume is None:
             self.model.fit_scalers(train_set)  # a resumed run reads them from its checkpoint
         val_set = self._dataset(val_frame) if val_frame is not None and len(val_frame) else None
+        for encoder in self.model.encoders.values():
+            encoder.release()  # a frozen model has made its features: training reads them from the cache
         self.fit_summary = fit_model(self.model, train_set, val_set, self.config,
                                      output_dir=output_dir or self.config.output_dir, resume=resume,
                                      callbacks=callbacks)

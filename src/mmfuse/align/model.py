@@ -167,7 +167,7 @@ class AlignedModel(nn.Module):
             prefix = f"encoders.{modality}."
             if info.get("stored"):
                 encoder.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-            if encoder.fingerprint() != info.get("fingerprint"):
+            if not encoder.matches_fingerprint(info.get("fingerprint")):
                 raise ArtifactError(f"the {modality} encoder rebuilt from {path} has fingerprint {encoder.fingerprint()}, "
                                     f"the model was trained with {info.get('fingerprint')}: different weights or "
                                     "preprocessing")

@@ -10,7 +10,6 @@ the feature-cache key together with each input's content hash.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,16 +69,29 @@ class Encoder(nn.Module):
     def fingerprint(self) -> str:
         """Hash of describe() and every weight; computed once (frozen encoders do not change)."""
         if self._fingerprint is None or self.trainable:
-            digest = hashlib.sha256(self.describe().encode())
-            for name, tensor in sorted(self.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # no copy
-            self._fingerprint = digest.hexdigest()[:16]
+            self._fingerprint = self.weights_digest()
         return self._fingerprint
 
-    def weight_files(self) -> list[Path]:
-        """The files frozen weights are loaded from (a package's model folder), if any."""
-        return []
+    def weights_digest(self) -> str:
+        digest = hashlib.sha256(self.describe().encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # no copy
+        return digest.hexdigest()[:16]
+
+    def matches_fingerprint(self, recorded: str) -> bool:
+        """Whether a saved model's recorded fingerprint names this encoder."""
+        return recorded == self.fingerprint()
+
+    def release(self) -> None:
+        """Free what only computing new features needs (a frozen model whose features are cached)."""
+
+    def matches_fingerprint(self, recorded: str) -> bool:
+        """Whether a saved model's recorded fingerprint names this encoder."""
+        return recorded == self.fingerprint()
+
+    def release(self) -> None:
+        """Free what only computing new features needs (a frozen model whose features are cached)."""
 
     def source_key(self) -> str | None:
         """Names the frozen weights by their files' sizes and modification times, so a fingerprint can

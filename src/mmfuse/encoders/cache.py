@@ -9,7 +9,6 @@ shards it finished.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +19,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ..atomic import write_atomic
 from ..features import Features
 from ..modalities import MODALITIES
 from .base import Encoder
@@ -41,29 +39,8 @@ class FeatureCache:
 
     def folder(self, encoder: Encoder, variant: str | None = None) -> Path:
         """`variant` names a deterministic change of the inputs (e.g. `gaussian-0.25-s0` noise)."""
-        name = f"{encoder.modality}-{self.fingerprint(encoder)}"
+        name = f"{encoder.modality}-{encoder.fingerprint()}"
         return self.root / (name if variant is None else f"{name}-{variant}")
-
-    def fingerprint(self, encoder: Encoder) -> str:
-        """encoder.fingerprint(), remembered in `fingerprints.json` by the weight files' sizes and
-        times (Encoder.source_key): a run on cached features then never reads the frozen weights."""
-        key = encoder.source_key()
-        if key is None:
-            return encoder.fingerprint()
-        memo_path = self.root / "fingerprints.json"
-        try:
-            memo = json.loads(memo_path.read_text())
-        except (OSError, ValueError):
-            memo = {}
-        if not isinstance(memo, dict):
-            memo = {}
-        if isinstance(memo.get(key), str):
-            encoder.remember_fingerprint(memo[key])
-        else:
-            memo[key] = encoder.fingerprint()
-            self.root.mkdir(parents=True, exist_ok=True)
-            write_atomic(memo_path, json.dumps(memo, indent=1, sort_keys=True))
-        return encoder.fingerprint()
 
     def _stored(self, folder: Path) -> dict[str, Path]:
         """content hash -> shard holding it (reads only the safetensors headers)."""

@@ -60,7 +60,7 @@ def encoder_features(encoder: nn.Module, prepared: dict[str, Tensor]) -> Feature
     if not isinstance(encoder, HFTextEncoder):
         return encoder(prepared)
     mask = prepared["attention_mask"]
-    states = encoder.model(input_ids=prepared["input_ids"], attention_mask=mask).last_hidden_state
+    states = encoder.loaded_model()(input_ids=prepared["input_ids"], attention_mask=mask).last_hidden_state
     return Features(pooled=masked_mean(states, mask.bool()), tokens=states, mask=mask.bool())
 
 
