@@ -126,6 +126,9 @@ def test_frozen_transformer_is_loaded_only_to_compute_new_features(tmp_path):
     # A model saved before file fingerprints recorded the hash of the weights in memory: still accepted.
     assert again_encoder.matches_fingerprint(again_encoder.weights_digest())
     assert not again_encoder.matches_fingerprint("0123456789abcdef")
+    again_encoder.release()
+    again_encoder.load_weights()  # what a server does before it says it is ready
+    assert again_encoder.model is not None and again_encoder.model.training == again_encoder.training
 
     # Other weights under the same folder: another fingerprint, features computed anew.
     from transformers import BertConfig, BertModel

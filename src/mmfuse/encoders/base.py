@@ -86,12 +86,18 @@ class Encoder(nn.Module):
     def release(self) -> None:
         """Free what only computing new features needs (a frozen model whose features are cached)."""
 
+    def load_weights(self) -> None:
+        """Load whatever is loaded on first use now (a server, before it says it is ready)."""
+
     def matches_fingerprint(self, recorded: str) -> bool:
         """Whether a saved model's recorded fingerprint names this encoder."""
         return recorded == self.fingerprint()
 
     def release(self) -> None:
         """Free what only computing new features needs (a frozen model whose features are cached)."""
+
+    def load_weights(self) -> None:
+        """Load whatever is loaded on first use now (a server, before it says it is ready)."""
 
     def source_key(self) -> str | None:
         """Names the frozen weights by their files' sizes and modification times, so a fingerprint can

@@ -54,6 +54,9 @@ class HFTextEncoder(Encoder):
             self.model = model.to(self.device_marker.device).train(self.training).requires_grad_(self.trainable)
         return self.model
 
+    def load_weights(self) -> None:
+        self.loaded_model()
+
     def release(self) -> None:
         """Frozen: drop the loaded model (loaded again if ever needed)."""
         if not self.trainable:

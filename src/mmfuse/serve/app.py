@@ -34,7 +34,11 @@ def _default_loader(settings: ServeSettings) -> Callable[[], Any]:
     def load():
         from ..predictor import Predictor
 
-        return Predictor.load(settings.model_dir)
+        predictor = Predictor.load(settings.model_dir)
+        # Ready means ready: no first request waits ~5 s for a text model loaded on first use.
+        for encoder in predictor.model.encoders.values():
+            encoder.load_weights()
+        return predictor
 
     return load
 
