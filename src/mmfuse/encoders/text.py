@@ -19,7 +19,7 @@ class HFTextEncoder(Encoder):
     """Any transformers encoder by hub name or local path (AutoModel + AutoTokenizer).
 
     Frozen, the model is loaded on first use and can be released: a run whose texts are all in the
-    feature cache never loads it (6.7 s of `mmfuse predict` and ~90 MB of the demo's memory), and
+    feature cache never loads it (~5 s of transformers and ~90 MB of the demo's memory), and
     its fingerprint hashes the files it is loaded from rather than the weights in memory.
     """
 
