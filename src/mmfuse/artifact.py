@@ -171,6 +171,10 @@ def model_card(predictor) -> str:
     fit = predictor.fit_summary
     if fit:
         lines.append(f"- training: {fit.get('epochs')} epochs in {fit.get('train_seconds', 0):.0f} s")
+    if predictor.config.privacy.mask_pii:  # how many values of each kind, never the values
+        masked = fit.get("personal_data_masked") or {}
+        lines.append("- personal data masked in the texts before training: "
+                     + (", ".join(f"{kind} {n}" for kind, n in sorted(masked.items())) or "none found"))
     if metrics:
         title = predictor.metrics.get("title", "Test split")  # the validation split when there is no test split
         lines += ["", f"## Metrics: {title}", "", "| metric | value |", "|---|---|"]

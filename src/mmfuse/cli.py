@@ -292,7 +292,7 @@ def serve(
     max_body_mb: float = typer.Option(8.0, help="Request body cap in MiB (enforced while reading)."),
     timeout: float = typer.Option(30.0, help="Seconds a request may take, queueing included (then 504)."),
     max_request_pixels: int = typer.Option(100_000_000, help="Decoded image pixels in one request, all rows together."),
-    mask_pii: bool = typer.Option(False, help="Mask emails, phone and id numbers in logged texts."),
+    mask_pii: bool = typer.Option(False, help="Mask personal data (e-mails, phones, cards, IBANs, ids, IPs, secrets) in request texts before the model sees them, and in the log. Always on for a model trained with privacy.mask_pii."),
     **limits: Any,
 ) -> None:
     """Serve a model over HTTP: predict, embed, search, health, metrics, OpenAPI docs and a web page."""

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, create_model
+from pydantic import Field, ValidationError, create_model, field_validator
 
 from .errors import ConfigError
+from .privacy import DEFAULT_REGIONS, KINDS
 from .safe_yaml import load_yaml, read_yaml
 from .section import Section
 
@@ -156,6 +157,23 @@ class CompareConfig(Section):
     robustness_levels: list[float] = [0.25, 0.5]
 
 
+class PrivacyConfig(Section):
+    """Personal data masked in every text as the table is read: before features are computed or
+    cached, so no value reaches the cache, checkpoints, the model, reports or logs."""
+
+    mask_pii: bool = False
+    kinds: list[str] | None = None  # default: every kind mmfuse.privacy recognises
+    phone_regions: list[str] = list(DEFAULT_REGIONS)  # numbering plans phone numbers are read in
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, kinds: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(kinds or ()) - set(KINDS))
+        if unknown:
+            raise ValueError(f"unknown kinds {unknown}; known: {', '.join(KINDS)}")
+        return kinds
+
+
 class Config(Section):
     task: Literal["classification", "multilabel", "regression"] = "classification"
     data: DataConfig = DataConfig()
@@ -165,6 +183,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     compare: CompareConfig = CompareConfig()
     align: AlignConfig | None = None
+    privacy: PrivacyConfig = PrivacyConfig()
     # The run directory. Unset: runs/<the config file's name>, or runs/<the data's name> for a
     # config given as a dict (a shared default would overwrite one config's model with another's).
     output_dir: str | None = None

@@ -53,6 +53,7 @@ class Predictor:
         # Where small requests (<= DIRECT_ROWS) keep frozen-encoder features: None encodes them
         # every time; a server sets an in-memory LRU (mmfuse.serve.feature_lru.FeatureLRU).
         self.small_request_cache = None
+        self.pii_masker = None  # privacy.mask_pii: mmfuse.privacy.PiiMasker, with its counts by kind
 
     # ----- data -----------------------------------------------------------------------------
     def read(self, data: Any, *, labelled: bool = True, columns: dict[str, str | None] | None = None) -> pd.DataFrame:
@@ -76,7 +77,7 @@ class Predictor:
             for bad in manifest.bad_rows[:20]:
                 log.warning("  %s", bad)
         self.bad_rows.extend(manifest.bad_rows)
-        return mark(manifest.frame)
+        return mark(self._masked(manifest.frame))
 
     def _bind(self, columns: dict[str, str | None] | None, doing: str) -> DataConfig:
         """The data section for one table given to this Predictor. Its split column is never read:
@@ -107,7 +108,27 @@ class Predictor:
         parts = split_manifest(manifest, self.config.data)
         if self.config.data.test_source:
             parts["test"] = self.read(self.config.data.test_source)
-        return {name: mark(frame) for name, frame in parts.items()}
+        return {name: mark(self._masked(frame)) for name, frame in parts.items()}
+
+    def _masked(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """privacy.mask_pii: personal data masked in every input column as soon as it is read."""
+        privacy = self.config.privacy
+        if not privacy.mask_pii:
+            return frame
+        if self.pii_masker is None:
+            from .privacy import PiiMasker
+
+            self.pii_masker = PiiMasker(privacy.kinds, privacy.phone_regions)
+        before = sum(self.pii_masker.counts.values())
+        frame = frame.copy()
+        for modality in self.config.modalities():
+            if modality in frame:
+                frame[modality] = MODALITIES[modality].mask_personal(frame[modality].tolist(), self.pii_masker)
+        masked = sum(self.pii_masker.counts.values()) - before
+        if masked:  # counts by kind, never the values
+            log.info("privacy: masked %d personal value(s) in %d rows (so far: %s)", masked, len(frame),
+                     ", ".join(f"{kind} {n}" for kind, n in self.pii_masker.counts.most_common()))
+        return frame
 
     def _dataset(self, frame: pd.DataFrame, *, cache: bool = True, perturb=None):
         assert self.model is not None
@@ -155,6 +176,8 @@ class Predictor:
         self.fit_summary = fit_model(self.model, train_set, val_set, self.config,
                                      output_dir=output_dir or self.config.output_dir, resume=resume,
                                      callbacks=callbacks)
+        if self.pii_masker is not None:
+            self.fit_summary["personal_data_masked"] = dict(self.pii_masker.counts)
         self.model.eval()
         return self
 

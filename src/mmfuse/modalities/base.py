@@ -120,6 +120,10 @@ class Modality:
         """The bytes behind the feature-cache key: a file's content (a renamed copy is the same input)."""
         return Path(value).read_bytes()
 
+    def mask_personal(self, values: list[Any], masker: Any) -> list[Any]:
+        """The column with personal data masked (`privacy.mask_pii`); only free text has any here."""
+        return values
+
     # -- elsewhere ----------------------------------------------------------------------------
 
     def encoder_options(self, spec: EncoderSpec) -> dict[str, Any]:

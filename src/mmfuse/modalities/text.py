@@ -58,6 +58,9 @@ class TextModality(Modality):
     def content(self, value: Any) -> bytes:
         return str(value).encode("utf-8")
 
+    def mask_personal(self, values: list[Any], masker: Any) -> list[Any]:
+        return [masker.mask(v) if isinstance(v, str) else v for v in values]
+
     def encoder_options(self, spec: TextEncoderConfig) -> dict[str, Any]:
         return {"max_tokens": spec.max_tokens}
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..data.media import MediaError
 from ..modalities import MODALITIES, Decoded, Modality
+from ..privacy import PiiMasker
 from .errors import ApiError, invalid
 
 # ASCII only, as the OpenAPI schema's pattern spells it (serve/openapi.py).
@@ -94,6 +95,8 @@ def make_row(values: dict[str, bytes | str], *, where: str, limits: dict[str, An
                 row.digests[name] = hashlib.blake2b(values[name], digest_size=16).digest()
             else:
                 row.values[name] = check_string(modality, values[name], field, limits)
+                if limits.get("mask_pii"):  # before the model, the feature LRU, a log line or an error
+                    row.values[name] = modality.mask_personal([row.values[name]], PiiMasker())[0]
     except ApiError:
         discard([row])  # files this row stored before one of its values was refused
         raise

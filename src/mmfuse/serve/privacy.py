@@ -1,28 +1,19 @@
-"""Masking personal data (emails, phone numbers, id numbers) in texts before they reach a log.
+"""Masking personal data in texts before they reach the request log (`mmfuse serve --mask-pii`).
 
-Regular expressions rather than an NER stack (Presidio + spaCy) on purpose: logs only need the
-common, well-shaped identifiers hidden, and this runs on every request.
+The recognizers are mmfuse.privacy's (checksummed ids, libphonenumber's numbering plans), the same
+that `privacy.mask_pii` applies to a table before training.
 """
 from __future__ import annotations
 
-import re
+from ..privacy import PiiMasker
 
-_PATTERNS = [
-    ("[EMAIL]", re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")),
-    # Id numbers: IBANs, US social security numbers, payment cards (13-19 digits, grouped by 4).
-    ("[ID]", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}(?: ?[A-Z0-9]{1,3})?\b")),
-    ("[ID]", re.compile(r"\b\d{3}-\d{2}-\d{4}\b")),
-    ("[ID]", re.compile(r"\b\d{4}(?:[ -]?\d{4}){2,3}(?:[ -]?\d{1,3})?\b")),
-    # Phone numbers: an optional +country code and at least 7 digits in groups.
-    ("[PHONE]", re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?\(?\d{2,4}\)?(?:[ .-]?\d{2,4}){2,4}(?!\w)")),
-]
 PREVIEW_CHARS = 80
 
 
 def mask_pii(text: str) -> str:
-    for replacement, pattern in _PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
+    # A masker per call: its counts are not wanted here, and a shared one would be mutated by
+    # concurrent requests.
+    return PiiMasker().mask(text)
 
 
 def log_preview(text: str | None, *, mask: bool) -> str:

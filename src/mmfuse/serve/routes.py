@@ -148,8 +148,9 @@ def _limits(request: Request, runner: ModelRunner) -> dict:
     """The server's caps, and what the model's encoders look at (uploads decode no larger)."""
     cached = getattr(request.app.state, "input_limits", None)
     if cached is None or cached[0] is not runner:  # once per model (the settings do not change)
-        cached = request.app.state.input_limits = (runner, {**request.app.state.settings.limits(),
-                                                            **runner.encoder_options})
+        settings = request.app.state.settings
+        cached = request.app.state.input_limits = (runner, {**settings.limits(), **runner.encoder_options,
+                                                            "mask_pii": settings.mask_pii or runner.masks_pii})
     return cached[1]
 
 

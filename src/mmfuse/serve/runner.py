@@ -49,6 +49,8 @@ class ModelRunner:
         self.task = config.task
         self.labels = list(predictor.labels)
         self.modalities = list(config.modalities())
+        # A model trained on masked texts saw placeholders ([EMAIL]) where values were: so must its requests.
+        self.masks_pii = config.privacy.mask_pii
         # The Predictor reads a list of dicts through the configured column names (a built-in data
         # set's own names are for its own table); a modality bound only by a built-in falls back
         # to that name.

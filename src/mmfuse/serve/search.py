@@ -83,6 +83,7 @@ def _thumbnail(record: dict[str, Any]) -> str | None:
     except MediaError:
         return None
     image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    image.info.clear()  # no EXIF (GPS, camera serials) or text chunks go out with the picture
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

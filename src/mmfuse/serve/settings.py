@@ -45,7 +45,7 @@ class _Settings:
     max_rows: int = min(64, MAX_FORWARD_ROWS // EXPLAIN_FACTOR)  # rows in one request
     max_body_bytes: int = 8 * MiB
     timeout_s: float = 30.0           # per request once its body is in: decoding, queue and model
-    mask_pii: bool = False            # mask emails / phone numbers / id numbers in logged texts
+    mask_pii: bool = False            # mask personal data (mmfuse.privacy) in request texts and logs
     # Decoded image pixels in one request, summed over its rows (read from the headers first):
     # 64 rows of 5000x5000 images are 1.6 G pixels even when every one is under max_pixels.
     max_request_pixels: int = 100_000_000
