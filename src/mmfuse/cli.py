@@ -252,6 +252,49 @@ def _limit_options() -> list[inspect.Parameter]:
 app.command("predict")(_with_options(predict, _modality_options()))
 
 
+def explain(
+    model: Path = typer.Argument(..., help="A model directory (a classification model)."),
+    out: Path = typer.Option(Path("explanation"), help="Folder for explanation.json and <modality>_heatmap.png."),
+    **inputs: Any,
+) -> None:
+    """Why the model answers as it does for one row: a heatmap over the image regions (Grad-CAM),
+    each word's share (occlusion) and each modality's Shapley value."""
+    import json
+
+    from .explain import explain_row, overlay
+    from .modalities import MODALITIES
+    from .predictor import Predictor
+
+    predictor = Predictor.load(model)
+    row = {m: str(v.resolve()) if isinstance(v, Path) else v for m, v in inputs.items() if v is not None}
+    if not row:
+        raise MmfuseError("give " + " and/or ".join(f"--{m}" for m in predictor.model.modalities))
+    unused = [m for m in row if m not in predictor.model.modalities]
+    if unused:
+        raise MmfuseError(f"this model takes no {' and no '.join(unused)} (it takes {', '.join(predictor.model.modalities)})")
+    with _quiet("mmfuse.predictor"):
+        try:
+            result = explain_row(predictor, row)
+        except ValueError as error:
+            raise MmfuseError(str(error)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "explanation.json").write_text(json.dumps(result.as_dict(), indent=2))
+    typer.echo(f"prediction: {result.prediction} ({result.probability:.4f})")
+    for modality, grid in result.heatmaps.items():
+        picture = MODALITIES[modality].decode(row[modality], predictor.config.data)
+        path = out / f"{modality}_heatmap.png"
+        overlay(picture, grid).save(path)
+        typer.echo(f"{modality} heatmap (Grad-CAM): {path}")
+    for modality, words in result.words.items():
+        shown = ", ".join(f"{w} {a:+.3f}" for w, a in sorted(words, key=lambda wa: -abs(wa[1]))[:5])
+        typer.echo(f"{modality} words, largest effect first: {shown}")
+    typer.echo("modality Shapley values: " + ", ".join(f"{m} {v:+.3f}" for m, v in result.shapley.items()))
+    typer.echo(f"written: {out / 'explanation.json'}")
+
+
+app.command("explain")(_with_options(explain, _modality_options()))
+
+
 @data_app.command("check")
 def data_check(
     table: str = typer.Argument(..., help="A CSV / JSONL / Parquet table, or a built-in data set name."),

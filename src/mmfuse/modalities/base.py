@@ -120,6 +120,11 @@ class Modality:
         """The bytes behind the feature-cache key: a file's content (a renamed copy is the same input)."""
         return Path(value).read_bytes()
 
+    # Tokens laid out on a square grid over the input (image regions): explain draws them as a heatmap.
+    spatial: ClassVar[bool] = False
+    # Values made of words (free text): explain attributes the prediction to each word.
+    worded: ClassVar[bool] = False
+
     def mask_personal(self, values: list[Any], masker: Any) -> list[Any]:
         """The column with personal data masked (`privacy.mask_pii`); only free text has any here."""
         return values

@@ -66,6 +66,7 @@ class ImageModality(Modality):
     noises = {"gaussian": gaussian, "blur": blur, "occlusion": occlusion}
     help = "One image file (PNG, JPEG, WebP, GIF, BMP)."
     formats = ALLOWED_FORMATS  # what an upload may be in
+    spatial = True  # its tokens are a grid of regions
 
     def decode(self, value: Any, data: Any) -> Image.Image:
         return open_image(value, max_pixels=data.max_pixels)

@@ -43,6 +43,7 @@ class TextModality(Modality):
     limits = {"max_text_chars": (int, 2_000, "longest text (training cuts longer ones, the server refuses them)")}
     noises = {"token_drop": token_drop, "typo": typo}
     is_file = False
+    worded = True
     help = "One text / question."
 
     def parse(self, cell: Any, base: str, data: Any) -> str | None:

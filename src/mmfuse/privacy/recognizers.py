@@ -58,6 +58,23 @@ def iban_valid(candidate: str) -> bool:
     return int("".join(str(int(char, 36)) for char in rearranged)) % 97 == 1
 
 
+IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
+
+
+def iban_spans(text: str, _regions: tuple[str, ...]) -> Iterator[Span]:
+    """The longest prefix of each IBAN-shaped run that passes mod 97 (the run may have taken the
+    next word: `DE89 3704 0044 0532 0130 00 EUR`)."""
+    for match in IBAN.finditer(text):
+        start, end = match.span()
+        while end - start >= 15:
+            if iban_valid(text[start:end]):
+                yield start, end
+                break
+            end = text.rfind(" ", start, end) if " " in text[start:end] else end - 1
+            while end > start and text[end - 1] == " ":
+                end -= 1
+
+
 def ssn_valid(candidate: str) -> bool:
     area, group, serial = re.split(r"[- ]", candidate)
     return area not in ("000", "666") and not area.startswith("9") and group != "00" and serial != "0000"
@@ -84,18 +101,25 @@ def ip_valid(candidate: str) -> bool:
     return True
 
 
+DOTTED_DATE = re.compile(r"\d{1,2}[./]\d{1,2}[./]\d{2,4}")
+
+
 def phone_spans(text: str, regions: tuple[str, ...]) -> Iterator[Span]:
     import phonenumbers
 
     for region in regions:
         for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
-            yield match.start, match.end
+            # Short codes, prices, dates and long order numbers are valid somewhere (a German
+            # pager number has 4 digits); a phone number a person writes has 7 to 15.
+            count = len(digits(match.raw_string))
+            if 7 <= count <= 15 and not DOTTED_DATE.fullmatch(match.raw_string):
+                yield match.start, match.end
 
 
 SECRET = re.compile(
     r"\b(sk-(?:proj-)?[A-Za-z0-9_-]{20,}|sk_(?:live|test)_[A-Za-z0-9]{16,}|gh[pousr]_[A-Za-z0-9]{36,}"
     r"|github_pat_[A-Za-z0-9_]{22,}|AKIA[0-9A-Z]{16}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})\b"
-    r"|(?i:\b(?:api[_-]?key|secret|token|password|passwd)\s*[:=]\s*)([^\s\"']{8,})")
+    r"|(?i:\b(?:api[_-]?key|secret|token|password|passwd)\s*[:=]\s*)([^\s\"']{7,}[^\s\"'.,;:!?)])")
 
 
 def secret_spans(text: str, _regions: tuple[str, ...]) -> Iterator[Span]:
@@ -107,15 +131,15 @@ def secret_spans(text: str, _regions: tuple[str, ...]) -> Iterator[Span]:
 # In priority order: where two kinds claim overlapping text, the earlier one wins (a URL's
 # credentials before the e-mail-like `user:pass@host`, a checksummed id before a phone number).
 RECOGNIZERS: tuple[Recognizer, ...] = (
-    Recognizer("url_credentials", _matches(re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]+:[^\s/@]+@[^\s]+"))),
+    Recognizer("url_credentials", _matches(re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]+:[^\s/@]+@[^\s]*[^\s.,;:!?)\]'\"]"))),
     Recognizer("secret", secret_spans),
     Recognizer("email", _matches(re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"))),
-    Recognizer("iban", _matches(re.compile(r"\b([A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30})\b"), iban_valid)),
+    Recognizer("iban", iban_spans),
     Recognizer("cn_resident_id", _matches(re.compile(r"(?<![\dA-Za-z])(\d{17}[\dXx])(?![\dA-Za-z])"), cn_id_valid)),
-    Recognizer("card", _matches(re.compile(r"(?<![\d-])(\d(?:[ -]?\d){12,18})(?![\d-])"), card_valid)),
+    Recognizer("card", _matches(re.compile(r"(?<![\d+-])(\d(?:[ -]?\d){12,18})(?![\d-])"), card_valid)),
     Recognizer("us_ssn", _matches(re.compile(r"(?<![\d-])(\d{3}[- ]\d{2}[- ]\d{4})(?![\d-])"), ssn_valid)),
     Recognizer("ip", _matches(re.compile(r"(?<![\w.:])((?:\d{1,3}\.){3}\d{1,3}|(?:[0-9A-Fa-f]{0,4}:){2,7}"
-                                         r"[0-9A-Fa-f]{0,4}(?:(?<=:)(?:\d{1,3}\.){3}\d{1,3})?)(?![\w.:])"),
+                                         r"[0-9A-Fa-f]{0,4}(?:(?<=:)(?:\d{1,3}\.){3}\d{1,3})?)(?![\w:]|\.\w)"),
                                 ip_valid)),
     Recognizer("phone", phone_spans),
 )
