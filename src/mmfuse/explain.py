@@ -1,10 +1,10 @@
 """Why a model answered as it did, for one row:
 
-- a heatmap over each spatial modality's tokens (image regions): Grad-CAM (Selvaraju et al. 2017)
-  on the tokens the fusion reads — the gradient of the predicted class's logit, averaged over the
-  tokens, weighs each channel; the weighted sum per token, clipped at zero, is the map;
+- a heatmap over each spatial modality's regions: gradient x activation of the predicted class's
+  logit (the per-region form of Grad-CAM, Selvaraju et al. 2017), summed over channels and clipped
+  at zero, on a CNN encoder's 16x16 feature map (or the tokens the fusion reads);
 - an attribution per word of each worded modality (text), by occlusion: the predicted class's
-  probability with the word minus without it (exact for this model, no baseline to choose);
+  log-probability with the word minus without it (exact for this model, no baseline to choose);
 - exact Shapley values of the modalities, by masking: the predicted class's probability with each
   subset of modalities present (2^n forward passes; n <= 3 here), so they sum to
   p(all present) - p(none present).
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .features import Features
+from .inference import predict_outputs
 from .modalities import MODALITIES
 
 
@@ -41,7 +42,7 @@ def explain_row(predictor, row: dict[str, Any]) -> Explanation:
     """`row`: {modality: value} for one input (absent modalities left out)."""
     if predictor.config.task != "classification":
         raise ValueError("explain covers classification models (the predicted class is what is explained)")
-    scores = _scores(predictor, [row])[0]
+    scores = row_scores(predictor, [row])[0]
     target = int(scores.argmax())
     explanation = Explanation(prediction=predictor.labels[target], probability=float(scores[target]))
     explanation.heatmaps = grad_cam(predictor, row, target)
@@ -57,40 +58,64 @@ def _frame(predictor, rows: list[dict[str, Any]]):
     return [{columns[m]: rows_value for m, rows_value in row.items()} for row in rows]
 
 
-def _scores(predictor, rows: list[dict[str, Any]]) -> torch.Tensor:
+def row_scores(predictor, rows: list[dict[str, Any]]) -> torch.Tensor:
     """Class probabilities of each row, in order (a row that fails to read raises)."""
-    frame, scores = predictor.predict_scores(_frame(predictor, rows))
+    return row_log_scores(predictor, rows).exp()
+
+
+def row_log_scores(predictor, rows: list[dict[str, Any]]) -> torch.Tensor:
+    """Class log-probabilities from the logits (a saturated probability of 1.0 keeps its margin)."""
+    frame = predictor.read(_frame(predictor, rows), labelled=False)
     if len(frame) != len(rows):
         raise ValueError("; ".join(b.reason for b in predictor.bad_rows[-(len(rows) - len(frame)):]))
-    return scores
+    dataset = predictor._dataset(frame.assign(label=None), cache=False)
+    return predict_outputs(predictor.model, dataset, predictor.config, predictor.device).log_softmax(-1)
 
 
-def grad_cam(predictor, row: dict[str, Any], target: int) -> dict[str, list[list[float]]]:
+def grad_cam(predictor, row: dict[str, Any], target: int, min_side: int = 16) -> dict[str, list[list[float]]]:
+    """Per spatial modality, a map in [0, 1]: gradient x activation summed over channels, clipped at
+    zero, on the encoder's deepest feature map at least `min_side` regions wide (a CNN's 16x16
+    block rather than its final 4x4 tokens, whose 16 px cells are as large as a shape: on held-out
+    shape_scenes rows the peak fell inside the named shape 88.3% of the time at 8x8, 93.3% at 16x16,
+    bench/pointing.py), else on the tokens the fusion reads (cached features of a frozen encoder)."""
     model = predictor.model.eval()
     frame = predictor.read(_frame(predictor, [row]), labelled=False)
     dataset = predictor._dataset(frame.assign(label=None), cache=False)
     batch = dataset[list(range(len(dataset)))]
-    feats = model.encode(batch)
-    leaves = {}
-    for modality, part in feats.items():
-        if MODALITIES[modality].spatial and part.tokens is not None and part.present.all():
-            leaves[modality] = part.tokens.detach().requires_grad_(True)
-            feats[modality] = Features(part.pooled, leaves[modality], part.mask, part.present)
-    if not leaves:
+    spatial = [m for m in model.modalities if MODALITIES[m].spatial and row.get(m) is not None]
+    captured: dict[str, list[torch.Tensor]] = {m: [] for m in spatial}
+    hooks = [module.register_forward_hook(lambda _m, _i, out, m=m: captured[m].append(out))
+             for m in spatial for module in model.encoders[m].modules()
+             if module is not model.encoders[m] and not list(module.children())]
+    try:
+        feats = model.encode(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # modality -> activations in the graph, and how to lay them out as (side, side, channels)
+    maps_in: dict[str, tuple[torch.Tensor, Any]] = {}
+    for modality in spatial:
+        part = feats[modality]
+        grids = [o for o in captured[modality] if isinstance(o, torch.Tensor) and o.dim() == 4
+                 and o.requires_grad and o.shape[-1] == o.shape[-2] >= min_side]
+        if grids:
+            maps_in[modality] = (grids[-1], lambda t: t[0].permute(1, 2, 0))  # the deepest fine-enough map
+        elif part.tokens is not None:
+            leaf = part.tokens.detach().requires_grad_(True)
+            feats[modality] = Features(part.pooled, leaf, part.mask, part.present)
+            side = math.isqrt(leaf.shape[1])
+            if side * side == leaf.shape[1]:
+                maps_in[modality] = (leaf, lambda t, side=side: t[0].reshape(side, side, -1))
+    if not maps_in:
         return {}
     logit = model.head(model.fusion(feats))[0, target]
-    grads = torch.autograd.grad(logit, list(leaves.values()), allow_unused=True)
+    grads = torch.autograd.grad(logit, [a for a, _ in maps_in.values()], allow_unused=True)
     maps = {}
-    for (modality, tokens), grad in zip(leaves.items(), grads):
-        if grad is None:  # the fusion does not read this modality's tokens
+    for (modality, (activation, layout)), grad in zip(maps_in.items(), grads):
+        if grad is None:  # the fusion does not read this modality's regions
             continue
-        weights = grad[0].mean(0)                             # (C,) per channel
-        cam = torch.relu(tokens[0].detach() @ weights)         # (T,)
-        side = math.isqrt(cam.numel())
-        if side * side != cam.numel():
-            continue
-        cam = cam / cam.max() if cam.max() > 0 else cam
-        maps[modality] = cam.reshape(side, side).tolist()
+        cam = torch.relu((layout(activation.detach()) * layout(grad)).sum(-1))
+        maps[modality] = (cam / cam.max() if cam.max() > 0 else cam).tolist()
     return maps
 
 
@@ -98,7 +123,9 @@ def word_occlusion(predictor, row: dict[str, Any], modality: str, target: int) -
     words = row[modality].split()
     variants = [{**row, modality: " ".join(words[:i] + words[i + 1:]) or None} for i in range(len(words))]
     variants = [{m: v for m, v in variant.items() if v is not None} for variant in variants]
-    scores = _scores(predictor, [row, *variants])[:, target]
+    # Log-probabilities: a confident model's probability moves from 0.9999 to 0.999 without a
+    # word that matters and not at all without one that does not; the log keeps them apart.
+    scores = row_log_scores(predictor, [row, *variants])[:, target]
     return [(word, float(scores[0] - scores[i + 1])) for i, word in enumerate(words)]
 
 
@@ -126,7 +153,7 @@ def _subset_scores(predictor, rows: list[dict[str, Any]], target: int) -> list[f
     out = []
     for row in rows:
         if row:
-            out.append(float(_scores(predictor, [row])[0, target]))
+            out.append(float(row_scores(predictor, [row])[0, target]))
         else:
             out.append(float(_prior(predictor)[target]))
     return out

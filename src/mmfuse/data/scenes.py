@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -43,17 +44,23 @@ def load_shape_scenes(root: Path | None = None, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
-def generate(folder: Path, seed: int) -> None:
+def scenes(seed: int = 0) -> Iterator[tuple[str, list[dict], Image.Image, list[tuple[str, str]]]]:
+    """(image name, objects with their boxes, image, questions) of every scene, in the order and
+    with the random draws `generate` makes: replaying it gives the boxes of the written images."""
     rng = random.Random(seed)
-    rows = []
     for split, count in SPLITS.items():
-        (folder / split).mkdir(parents=True, exist_ok=True)
         for index in range(count):
             objects = place_objects(rng)
-            name = f"{split}/{index}.png"
-            draw_scene(objects, rng).save(folder / name)
-            rows += [{"image": name, "question": q, "answer": a, "split": split}
-                     for q, a in ask(objects, rng)]
+            image = draw_scene(objects, rng)
+            yield f"{split}/{index}.png", objects, image, ask(objects, rng)
+
+
+def generate(folder: Path, seed: int) -> None:
+    rows = []
+    for name, _objects, image, questions in scenes(seed):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        image.save(folder / name)
+        rows += [{"image": name, "question": q, "answer": a, "split": name.split("/")[0]} for q, a in questions]
     pd.DataFrame(rows).to_csv(folder / "questions.csv", index=False)
     (folder / "COMPLETE").write_text(f"{len(rows)} questions\n")
 
