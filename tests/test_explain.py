@@ -13,7 +13,7 @@ from scipy.stats import spearmanr
 
 from conftest import tiny_config
 from mmfuse import Predictor
-from mmfuse.explain import _prior, row_scores, explain_row
+from mmfuse.explain import _prior, explain_row, row_log_scores
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +38,11 @@ def test_heatmap_words_and_shapley(film_model):
     # tiny_image at 16 px: its first block's 16x16 map (the deepest at least 16 regions wide)
     assert grid.shape == (16, 16) and grid.min() >= 0 and grid.max() == pytest.approx(1.0)
     assert [w for w, _ in result.words["text"]] == ["is", "the", "square", "red?"]
-    # Occlusion: each word's value is p(with) - p(without), recomputed here for one word.
+    # Occlusion: each word's value is log p(with) - log p(without), recomputed here for one word.
     target = predictor.labels.index(result.prediction)
-    without = row_scores(predictor, [{**row, "text": "is the square"}])[0, target]
-    assert result.words["text"][3][1] == pytest.approx(result.probability - float(without), abs=1e-5)
+    with_all = row_log_scores(predictor, [row])[0, target]
+    without = row_log_scores(predictor, [{**row, "text": "is the square"}])[0, target]
+    assert result.words["text"][3][1] == pytest.approx(float(with_all - without), abs=1e-5)
     # Shapley efficiency: the values add up to p(both present) - p(none present).
     prior = float(_prior(predictor)[target])
     assert sum(result.shapley.values()) == pytest.approx(result.probability - prior, abs=1e-5)
