@@ -98,3 +98,23 @@ def test_fit_with_auxiliary_alignment_saves_and_reloads(tmp_path, shapes_csv):
     table["image"] = str(tmp_path) + "/" + table["image"]
     rows = table.drop(columns=["answer"])
     assert torch.equal(predictor.predict_scores(rows)[1], loaded.predict_scores(rows)[1])
+
+
+def test_keep_last_keeps_the_final_epochs_weights(tmp_path, shapes_csv):
+    """train.keep: last — the model ends with the last epoch's weights, not the best validation epoch's."""
+    import torch
+
+    from conftest import tiny_config
+    from mmfuse import Predictor
+    from mmfuse.train import read_checkpoint
+
+    kept = {}
+    for keep in ("best", "last"):
+        config = tiny_config(tmp_path / keep, shapes_csv, **{"train.keep": keep, "train.epochs": 4})
+        predictor = Predictor(config).fit()
+        path = predictor.fit_summary["best_checkpoint"]
+        assert path.endswith("last.ckpt" if keep == "last" else "best.ckpt")
+        last = read_checkpoint(tmp_path / keep / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+        head = {k: v for k, v in predictor.model.head.state_dict().items()}
+        kept[keep] = all(torch.equal(last[f"model.head.{k}"], v) for k, v in head.items())
+    assert kept["last"]

@@ -79,7 +79,9 @@ def train(
                  "--resume", str(stop.checkpoint)]
         raise TrainingInterrupted(stop.checkpoint, stop.signum, f"; resume with: {shlex.join(again)}") from None
     fit = predictor.fit_summary
-    typer.echo(f"trained {fit['epochs']} epochs in {fit['train_seconds']:.1f} s; best checkpoint {fit['best_checkpoint']}")
+    kept = "last epoch" if cfg.train.keep == "last" else "best validation epoch"
+    typer.echo(f"trained {fit['epochs']} epochs in {fit['train_seconds']:.1f} s; weights of the {kept}: "
+               f"{fit['best_checkpoint']}")
     typer.echo(tensorboard_line(fit["tensorboard"]))
     test = getattr(predictor, "_test_frame", None)
     val = getattr(predictor, "_val_frame", None)

@@ -104,6 +104,9 @@ class TrainConfig(Section):
     warmup_fraction: float = Field(0.3, ge=0.0, lt=1.0)
     # Off by default: easy-VQA sits on a plateau for epochs before it jumps.
     early_stopping_patience: int | None = None
+    # The weights the model keeps: the best validation epoch's, or the last epoch's (a schedule that
+    # anneals to zero ends on its best weights, and a small validation split cannot tell 99.9% epochs apart).
+    keep: Literal["best", "last"] = "best"
     seed: int = 0
     precision: str = "auto"  # auto: bf16-mixed on a GPU, 32 on a CPU
     accelerator: str = "auto"

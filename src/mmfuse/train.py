@@ -315,7 +315,8 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
             raise
         raise TrainingInterrupted(interrupt.path, interrupt.signum) from None
     seconds = time.perf_counter() - start
-    best = checkpoint.best_model_path if has_val and checkpoint.best_model_path else latest.best_model_path
+    use_best = has_val and checkpoint.best_model_path and config.train.keep == "best"
+    best = checkpoint.best_model_path if use_best else latest.best_model_path
     if best:
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         task.load_state_dict(state, strict=False)
