@@ -155,6 +155,16 @@ def evaluate(
     typer.echo(f"report: {report_dir / 'report.md'}")
 
 
+def _check_single_row(predictor, given: dict[str, Any], alternative: str = "") -> None:
+    """One row from `--<modality>` options: at least one given, and only ones the model takes."""
+    taken = predictor.model.modalities
+    if not given:
+        raise MmfuseError("give " + " and/or ".join(f"--{m}" for m in taken) + alternative)
+    unused = [m for m in given if m not in taken]
+    if unused:
+        raise MmfuseError(f"this model takes no {' and no '.join(unused)} (it takes {', '.join(taken)})")
+
+
 def predict(
     model: Path = typer.Argument(..., help="A model directory."),
     data: Optional[Path] = typer.Option(None, help="A table to predict in batch."),
@@ -171,13 +181,7 @@ def predict(
     if columns and data is None:
         raise MmfuseError("--column names a column of the --data table; the single-row options need none")
     if data is None:
-        if not given:
-            raise MmfuseError("give " + " and/or ".join(f"--{m}" for m in predictor.model.modalities)
-                              + ", or --data TABLE")
-        unused = [m for m in given if m not in predictor.model.modalities]
-        if unused:
-            raise MmfuseError(f"this model takes no {' and no '.join(unused)} "
-                              f"(it takes {', '.join(predictor.model.modalities)})")
+        _check_single_row(predictor, given, ", or --data TABLE")
         bound = predictor.config.data.resolved_columns()
         row = {bound[m]: str(v.resolve()) if isinstance(v, Path) else v for m, v in given.items()}
         with _quiet("mmfuse.predictor"):  # the error below names the bad input as typed
@@ -269,11 +273,7 @@ def explain(
 
     predictor = Predictor.load(model)
     row = {m: str(v.resolve()) if isinstance(v, Path) else v for m, v in inputs.items() if v is not None}
-    if not row:
-        raise MmfuseError("give " + " and/or ".join(f"--{m}" for m in predictor.model.modalities))
-    unused = [m for m in row if m not in predictor.model.modalities]
-    if unused:
-        raise MmfuseError(f"this model takes no {' and no '.join(unused)} (it takes {', '.join(predictor.model.modalities)})")
+    _check_single_row(predictor, row)
     with _quiet("mmfuse.predictor"):
         try:
             result = explain_row(predictor, row)

@@ -63,12 +63,17 @@ def row_scores(predictor, rows: list[dict[str, Any]]) -> torch.Tensor:
     return row_log_scores(predictor, rows).exp()
 
 
-def row_log_scores(predictor, rows: list[dict[str, Any]]) -> torch.Tensor:
-    """Class log-probabilities from the logits (a saturated probability of 1.0 keeps its margin)."""
+def _row_dataset(predictor, rows: list[dict[str, Any]]):
+    """The rows read, checked and encoded as a dataset in order (a row that fails to read raises)."""
     frame = predictor.read(_frame(predictor, rows), labelled=False)
     if len(frame) != len(rows):
         raise ValueError("; ".join(b.reason for b in predictor.bad_rows[-(len(rows) - len(frame)):]))
-    dataset = predictor._dataset(frame.assign(label=None), cache=False)
+    return predictor._dataset(frame.assign(label=None), cache=False)
+
+
+def row_log_scores(predictor, rows: list[dict[str, Any]]) -> torch.Tensor:
+    """Class log-probabilities from the logits (a saturated probability of 1.0 keeps its margin)."""
+    dataset = _row_dataset(predictor, rows)
     return predict_outputs(predictor.model, dataset, predictor.config, predictor.device).log_softmax(-1)
 
 
@@ -79,9 +84,7 @@ def grad_cam(predictor, row: dict[str, Any], target: int, min_side: int = 16) ->
     shape_scenes rows the peak fell inside the named shape 88.3% of the time at 8x8, 93.3% at 16x16,
     bench/pointing.py), else on the tokens the fusion reads (cached features of a frozen encoder)."""
     model = predictor.model.eval()
-    frame = predictor.read(_frame(predictor, [row]), labelled=False)
-    dataset = predictor._dataset(frame.assign(label=None), cache=False)
-    batch = dataset[list(range(len(dataset)))]
+    batch = _row_dataset(predictor, [row])[[0]]
     spatial = [m for m in model.modalities if MODALITIES[m].spatial and row.get(m) is not None]
     captured: dict[str, list[torch.Tensor]] = {m: [] for m in spatial}
     hooks = [module.register_forward_hook(lambda _m, _i, out, m=m: captured[m].append(out))
@@ -148,15 +151,11 @@ def modality_shapley(predictor, row: dict[str, Any], target: int) -> dict[str, f
 
 
 def _subset_scores(predictor, rows: list[dict[str, Any]], target: int) -> list[float]:
-    """The target's probability with only each row's modalities present; the empty row is scored
-    with every input masked (the model's answer prior)."""
-    out = []
-    for row in rows:
-        if row:
-            out.append(float(row_scores(predictor, [row])[0, target]))
-        else:
-            out.append(float(_prior(predictor)[target]))
-    return out
+    """The target's probability with only each row's modalities present (one forward pass for all);
+    the empty row is scored with every input masked (the model's answer prior)."""
+    given = [row for row in rows if row]
+    scores = iter(row_scores(predictor, given)[:, target].tolist() if given else [])
+    return [next(scores) if row else float(_prior(predictor)[target]) for row in rows]
 
 
 @torch.no_grad()
