@@ -1,5 +1,6 @@
-"""The web page end to end in headless Debian chromium: upload, ask, read the answer; record audio
-from chromium's fake microphone."""
+"""The web page end to end in headless Debian chromium: upload, ask, read the answer and its
+explanation (the heatmap over the image, the coloured words); record audio from chromium's fake
+microphone."""
 from __future__ import annotations
 
 import base64
@@ -90,6 +91,55 @@ def test_upload_ask_and_see_the_answer(tmp_path, browser):
     assert contribution.endswith("%")
     assert not browser.find_element(By.ID, "error").is_displayed()
     assert (ARTIFACTS / "browser.png").stat().st_size > 5000
+
+
+# What the page drew: the overlay canvas against the image under it, and how many of its pixels show.
+READ_OVERLAY = """
+const image = document.getElementById("heat-image-image"), canvas = document.getElementById("heatmap-image");
+if (!image || !canvas || !image.complete || canvas.width !== Math.round(image.clientWidth * devicePixelRatio)) return null;
+const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+let shown = 0;
+for (let i = 3; i < data.length; i += 4) if (data[i] > 0) shown++;
+const box = (e) => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; };
+return {image: box(image), canvas: box(canvas), pixels: [canvas.width, canvas.height], ratio: devicePixelRatio,
+        shown, total: data.length / 4, alt: image.alt, label: canvas.getAttribute("aria-label")};
+"""
+
+
+def test_the_explanation_is_drawn_over_the_image_and_on_the_words(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    model_dir, image, question = model_and_question(tmp_path)
+    with running(create_app(ServeSettings(model_dir=model_dir))) as url:
+        wait = open_page(browser, url)
+        browser.find_element(By.ID, "image").send_keys(str(image))
+        wait.until(lambda driver: driver.find_element(By.ID, "preview-image").is_displayed())
+        browser.find_element(By.ID, "text").send_keys(question)
+        ask_and_read(browser, wait)
+        assert browser.find_element(By.ID, "explanation").is_displayed()
+        overlay = WebDriverWait(browser, 30).until(lambda driver: driver.execute_script(READ_OVERLAY))
+        words = [(span.text, span.get_attribute("title"), span.get_attribute("class"),
+                  span.value_of_css_property("background-color"))
+                 for span in browser.find_elements(By.CSS_SELECTOR, "#words-text .word")]
+        browser.execute_script("document.getElementById('answer').scrollIntoView()")
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "browser-explain.png"))
+        with httpx.Client(base_url=url, timeout=30) as client:  # what the page was answered
+            expected = client.post("/predict/upload", files={"image": image.read_bytes()},
+                                   data={"text": question, "explain": "true"}).json()["predictions"][0]
+    # The overlay lies exactly on the image, at its displayed size, and shows something.
+    assert overlay["canvas"] == overlay["image"] and overlay["image"][2] > 100
+    assert overlay["pixels"] == [round(overlay["image"][2] * overlay["ratio"]), round(overlay["image"][3] * overlay["ratio"])]
+    assert 0 < overlay["shown"] <= overlay["total"]
+    assert overlay["alt"] and "heatmap" in overlay["label"]  # text alternatives
+    # Each word is highlighted, with its attribution in the title and its sign in the class.
+    attributions = expected["explanation"]["words"]["text"]
+    assert [text for text, *_ in words] == [w["word"] for w in attributions] == question.split()
+    for (_, title, kind, background), want in zip(words, attributions):
+        assert float(title) == pytest.approx(want["attribution"], abs=1e-4)
+        assert kind == "word " + ("for" if want["attribution"] >= 0 else "against")
+        assert background.startswith("rgba(") and not background.endswith(", 0)")
 
 
 # ----- audio: a file, and a recording from the (fake) microphone ------------------------------------

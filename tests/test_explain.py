@@ -1,5 +1,5 @@
-"""mmfuse explain: a Grad-CAM heatmap over image regions, word occlusion and exact modality Shapley
-values, from the Python API and the command line."""
+"""mmfuse explain: a Grad-CAM heatmap over image regions, word attributions (Integrated Gradients,
+occlusion) and exact modality Shapley values, from the Python API and the command line."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from scipy.stats import spearmanr
 
 from conftest import tiny_config
 from mmfuse import Predictor
-from mmfuse.explain import _prior, explain_row, row_log_scores
+from mmfuse.explain import _prior, explain_row, log_odds, row_logits, word_occlusion
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +38,39 @@ def test_heatmap_words_and_shapley(film_model):
     # tiny_image at 16 px: its first block's 16x16 map (the deepest at least 16 regions wide)
     assert grid.shape == (16, 16) and grid.min() >= 0 and grid.max() == pytest.approx(1.0)
     assert [w for w, _ in result.words["text"]] == ["is", "the", "square", "red?"]
-    # Occlusion: each word's value is log p(with) - log p(without), recomputed here for one word.
+    # Integrated Gradients is complete: the words' attributions of the predicted class's log-odds add
+    # up to its change from the baseline, every word the unknown token (4 out-of-vocabulary words).
     target = predictor.labels.index(result.prediction)
-    with_all = row_log_scores(predictor, [row])[0, target]
-    without = row_log_scores(predictor, [{**row, "text": "is the square"}])[0, target]
-    assert result.words["text"][3][1] == pytest.approx(float(with_all - without), abs=1e-5)
+    odds = lambda text: float(log_odds(row_logits(predictor, [{**row, "text": text}]), target)[0])  # noqa: E731
+    with_all = odds(row["text"])
+    assert sum(a for _, a in result.words["text"]) == pytest.approx(with_all - odds("qqa qqb qqc qqd"), abs=0.02)
+    # Occlusion: each word's value is the log-odds with the word minus without it, here for one word.
+    without = odds("is the square")
+    assert word_occlusion(predictor, row, "text", target)[3][1] == pytest.approx(float(with_all - without), abs=1e-5)
     # Shapley efficiency: the values add up to p(both present) - p(none present).
     prior = float(_prior(predictor)[target])
     assert sum(result.shapley.values()) == pytest.approx(result.probability - prior, abs=1e-5)
+
+
+def test_integrated_gradients_through_a_transformers_encoder(tmp_path):
+    """Token attributions of a (tiny, random) BERT summed per word: "shape?" is two tokens; they add
+    up to the change from a baseline of [PAD] tokens, which the tokenizer also reads from text."""
+    from conftest import write_shapes_csv
+    from test_encoders import write_tiny_bert
+
+    bert = write_tiny_bert(tmp_path / "bert")
+    table = write_shapes_csv(tmp_path)
+    config = tiny_config(tmp_path, table, **{"encoders.text": {"name": "hf", "options": {"target": str(bert)}},
+                                            "fusion.name": "film", "train.epochs": 1})
+    predictor = Predictor(config).fit()
+    row = {"image": str(next((tmp_path / "images").glob("*.png"))), "text": "what color is the shape?"}
+    result = explain_row(predictor, row)
+    assert [w for w, _ in result.words["text"]] == ["what", "color", "is", "the", "shape?"]
+    target = predictor.labels.index(result.prediction)
+    odds = lambda text: float(log_odds(row_logits(predictor, [{**row, "text": text}]), target)[0])  # noqa: E731
+    change = odds(row["text"]) - odds(" ".join(["[PAD]"] * 6))
+    assert sum(a for _, a in result.words["text"]) == pytest.approx(change, abs=0.02)
+    assert any(abs(a) > 1e-6 for _, a in result.words["text"])
 
 
 def test_heatmap_changes_when_the_weights_are_randomised(film_model):

@@ -3,8 +3,12 @@
 - a heatmap over each spatial modality's regions: gradient x activation of the predicted class's
   logit (the per-region form of Grad-CAM, Selvaraju et al. 2017), summed over channels and clipped
   at zero, on a CNN encoder's 16x16 feature map (or the tokens the fusion reads);
-- an attribution per word of each worded modality (text), by occlusion: the predicted class's
-  log-probability with the word minus without it (exact for this model, no baseline to choose);
+- an attribution per word of each worded modality (text): Integrated Gradients (Sundararajan et
+  al. 2017, Captum's LayerIntegratedGradients) of the predicted class's log-odds (log p / (1 - p)) on the text
+  encoder's token embeddings, from a baseline whose word tokens are all the encoder's neutral token
+  and summed over each word's tokens; the attributions sum to the log-odds' change from
+  the baseline. Encoders without token embeddings fall back to occlusion (the log-odds with
+  the word minus without it), which cannot credit a word whose information the rest repeats;
 - exact Shapley values of the modalities, by masking: the predicted class's probability with each
   subset of modalities present (2^n forward passes; n <= 3 here), so they sum to
   p(all present) - p(none present).
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +53,7 @@ def explain_row(predictor, row: dict[str, Any]) -> Explanation:
     explanation.heatmaps = grad_cam(predictor, row, target)
     for modality, value in row.items():
         if MODALITIES[modality].worded and isinstance(value, str) and value.strip():
-            explanation.words[modality] = word_occlusion(predictor, row, modality, target)
+            explanation.words[modality] = word_attributions(predictor, row, modality, target)
     explanation.shapley = modality_shapley(predictor, row, target)
     return explanation
 
@@ -73,8 +78,12 @@ def _row_dataset(predictor, rows: list[dict[str, Any]]):
 
 def row_log_scores(predictor, rows: list[dict[str, Any]]) -> torch.Tensor:
     """Class log-probabilities from the logits (a saturated probability of 1.0 keeps its margin)."""
+    return row_logits(predictor, rows).log_softmax(-1)
+
+
+def row_logits(predictor, rows: list[dict[str, Any]]) -> torch.Tensor:
     dataset = _row_dataset(predictor, rows)
-    return predict_outputs(predictor.model, dataset, predictor.config, predictor.device).log_softmax(-1)
+    return predict_outputs(predictor.model, dataset, predictor.config, predictor.device)
 
 
 def grad_cam(predictor, row: dict[str, Any], target: int, min_side: int = 16) -> dict[str, list[list[float]]]:
@@ -122,13 +131,63 @@ def grad_cam(predictor, row: dict[str, Any], target: int, min_side: int = 16) ->
     return maps
 
 
+def word_attributions(predictor, row: dict[str, Any], modality: str, target: int) -> list[tuple[str, float]]:
+    """(word, attribution) for each whitespace-separated word of `row[modality]`."""
+    if hasattr(predictor.model.encoders[modality], "token_spans"):
+        return integrated_gradients(predictor, row, modality, target)
+    return word_occlusion(predictor, row, modality, target)
+
+
+def integrated_gradients(predictor, row: dict[str, Any], modality: str, target: int,
+                         steps: int = 32) -> list[tuple[str, float]]:
+    from captum.attr import LayerIntegratedGradients  # only when explaining
+
+    model = predictor.model.eval()
+    encoder = model.encoders[modality]
+    text = row[modality]
+    others = {m: f for m, f in model.encode(_row_dataset(predictor, [row])[[0]]).items() if m != modality}
+    prepared = encoder.prepare([text])
+    ids = prepared["input_ids"]
+    spans = encoder.token_spans(text)
+    baseline = torch.where(torch.tensor([span is None for span in spans]).unsqueeze(0), ids,
+                           torch.full_like(ids, encoder.neutral_token_id))
+
+    def log_scores(token_ids: torch.Tensor) -> torch.Tensor:
+        n = token_ids.shape[0]
+        inputs = {k: token_ids if k == "input_ids" else v.expand(n, *v.shape[1:]) for k, v in prepared.items()}
+        feats = {m: f.select(torch.zeros(n, dtype=torch.long)) for m, f in others.items()}
+        feats.update(model.scale({modality: encoder(inputs)}))
+        return log_odds(model.head(model.fusion(feats)), target)
+
+    token_scores = LayerIntegratedGradients(log_scores, encoder.word_embeddings()).attribute(
+        ids, baselines=baseline, n_steps=steps, internal_batch_size=steps)[0].sum(-1)
+    return _per_word(text, spans, token_scores.tolist())
+
+
+def log_odds(logits: torch.Tensor, target: int) -> torch.Tensor:
+    """log p / (1 - p) of the target class, from the logits: unlike log p, it does not flatten out
+    at 0 when the model is sure (log p of 1 - 1e-6 and of 1 - 1e-9 are both ~0; log-odds 13.8 and 20.7)."""
+    others = torch.cat([logits[:, :target], logits[:, target + 1:]], dim=1)
+    return logits[:, target] - others.logsumexp(-1)
+
+
+def _per_word(text: str, spans: list[tuple[int, int] | None], token_scores: list[float]) -> list[tuple[str, float]]:
+    """Token attributions summed over the whitespace-separated word each token lies in."""
+    words = [(match.group(), match.start(), match.end()) for match in re.finditer(r"\S+", text)]
+    totals = [0.0] * len(words)
+    for span, score in zip(spans, token_scores):
+        if span is not None:
+            totals[next(i for i, (_, start, end) in enumerate(words) if start <= span[0] < end)] += score
+    return [(word, total) for (word, _, _), total in zip(words, totals)]
+
+
 def word_occlusion(predictor, row: dict[str, Any], modality: str, target: int) -> list[tuple[str, float]]:
     words = row[modality].split()
     variants = [{**row, modality: " ".join(words[:i] + words[i + 1:]) or None} for i in range(len(words))]
     variants = [{m: v for m, v in variant.items() if v is not None} for variant in variants]
-    # Log-probabilities: a confident model's probability moves from 0.9999 to 0.999 without a
-    # word that matters and not at all without one that does not; the log keeps them apart.
-    scores = row_log_scores(predictor, [row, *variants])[:, target]
+    # Log-odds: a confident model's probability moves from 0.9999 to 0.999 without a word that
+    # matters and not at all without one that does not; log-odds keep them apart.
+    scores = log_odds(row_logits(predictor, [row, *variants]), target)
     return [(word, float(scores[0] - scores[i + 1])) for i, word in enumerate(words)]
 
 

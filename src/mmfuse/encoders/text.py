@@ -111,6 +111,22 @@ class HFTextEncoder(Encoder):
     def describe(self) -> str:
         return f"hf:{Path(self.source).name}:max_tokens={self.max_tokens}"
 
+    # Token attribution (explain.py): the layer whose outputs are attributed, each token's place
+    # in the text, and the token that stands for "no word" in the baseline.
+    def word_embeddings(self) -> nn.Module:
+        return self.loaded_model().get_input_embeddings()
+
+    def token_spans(self, text: str) -> list[tuple[int, int] | None]:
+        """The character span of each token `prepare([text])` gives; None for [CLS], [SEP]."""
+        encoded = self.tokenizer(text, truncation=True, max_length=self.max_tokens,
+                                 return_offsets_mapping=True, return_special_tokens_mask=True)
+        return [None if special else tuple(span)
+                for span, special in zip(encoded["offset_mapping"], encoded["special_tokens_mask"])]
+
+    @property
+    def neutral_token_id(self) -> int:
+        return self.tokenizer.pad_token_id  # attended to (the mask is kept), but carries no word
+
     def weight_files(self) -> list[Path]:
         folder = Path(self.source)  # a local folder (a package's copy); a hub name is not remembered
         return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
@@ -182,6 +198,16 @@ class VocabTextEncoder(Encoder):
 
     def describe(self) -> str:
         return f"{type(self).__name__}(dim={self.dim}, vocab={len(self.vocab)}, max_tokens={self.max_tokens})"
+
+    # Token attribution (explain.py), as HFTextEncoder.
+    def word_embeddings(self) -> nn.Module:
+        return self.embed
+
+    def token_spans(self, text: str) -> list[tuple[int, int] | None]:
+        spans = [match.span() for match in WORD.finditer(text.lower())][: self.max_tokens]
+        return spans or [None]  # a text without words is one UNK
+
+    neutral_token_id = UNK  # PAD would change the mask
 
 
 @register_encoder("bow")

@@ -41,6 +41,9 @@ class ModelRow:
     # File modality -> digest of the uploaded bytes: two requests of one batch that send the same
     # file are one input to the model (encoded once), as rows of a table naming one file are.
     digests: dict[str, bytes] = field(default_factory=dict)
+    # Explain the row too (serve/explanations.py) unless time.monotonic() is past this, its
+    # request's deadline; None: predict only.
+    explain_until: float | None = None
 
     def get(self, modality: str) -> Any | None:
         return self.values.get(modality)

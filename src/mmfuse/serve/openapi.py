@@ -13,7 +13,8 @@ answered, and one it forbids is refused:
   file part (`format: binary`) with the accepted media types as the part's `encoding.contentType`
   (a string part is a 422);
 - once the model is loaded: rows take only the model's modalities (`"audio": null` at most for a
-  model without audio), need at least one of them, and at most `max_rows` of them per request.
+  model without audio), need at least one of them, and at most `max_rows` of them per request
+  (`max_explain_rows` with explain=true).
 
 The content of a file (a real PNG within the pixel caps) is beyond JSON Schema; the format names
 it, and a client generating requests from the schema (tests/schemathesis_hooks.py) produces
@@ -96,6 +97,10 @@ def finish(schema: dict[str, Any], settings, modalities: list[str] | None) -> No
         rows = components.get(name, {}).get("properties", {}).get("rows")
         if rows is not None:
             rows["maxItems"] = settings.max_rows
+    predict = components.get("PredictRequest")
+    if predict is not None:  # explain=true: at most max_explain_rows rows
+        predict["anyOf"] = [{"properties": {"explain": {"const": False}}},
+                            {"properties": {"rows": {"maxItems": settings.max_explain_rows}}}]
     search = components.get("SearchRequest")
     if search is not None:
         _json_row(search, ["text", "image"], limits, at_least_one=True)

@@ -6,6 +6,9 @@ A request's `timeout_s` starts once its body is in and covers decoding its input
 thread; a few small images on the event loop), the queue and the model: past it the answer is 504
 at once, and work still running for it stops at the next row (rows it finishes anyway are deleted).
 
+With `explain=true` each row is also explained (heatmap, word attributions, Shapley values;
+serve/explanations.py), at most `max_explain_rows` rows per request.
+
 Each answered prediction is logged at DEBUG (with `--mask-pii`, its text masked); the access log
 has every request at INFO.
 """
@@ -26,6 +29,7 @@ from ..modalities import MODALITIES, Modality
 from .batcher import Closed, Overloaded
 from .bodies import StrictRoute
 from .errors import ApiError, invalid, unavailable
+from .explanations import check_explain_rows
 from .inputs import ModelRow, check_request_pixels, decode_base64, discard, make_row
 from .privacy import log_preview
 from .runner import ModelRunner, RowResult, refused
@@ -51,7 +55,8 @@ REFUSALS = {
     413: "The body is over the server's cap, or the request's images would decode to more than max_request_pixels.",
     415: "A file in a format outside the allowlist (or not a file of that kind at all).",
     422: "A value the server refuses (the field is named): malformed or schema-violating JSON, blank or overlong "
-         "text, bad base64, a truncated, corrupt or too large file, a row without any input, too many rows.",
+         "text, bad base64, a truncated, corrupt or too large file, a row without any input, too many rows "
+         "(or more than max_explain_rows with explain=true).",
     501: "This model does not expose its fused representation.",
     503: "The model is still loading or failed to load, the queue is full, or the server is shutting down "
          "(see Retry-After).",
@@ -119,7 +124,8 @@ def info(request: Request) -> Info:
               for name in runner.modalities}
     return Info(task=runner.task, labels=runner.labels, modalities=runner.modalities, inputs=inputs,
                 search=request.app.state.search is not None, auth=settings.token is not None,
-                max_rows=settings.max_rows, max_body_bytes=settings.max_body_bytes,
+                max_rows=settings.max_rows, explain=runner.explains, max_explain_rows=settings.max_explain_rows,
+                max_body_bytes=settings.max_body_bytes,
                 max_request_pixels=settings.max_request_pixels, limits=limits)
 
 
@@ -310,6 +316,9 @@ def _log_text(row: ModelRow) -> str | None:
 async def _predict(request: Request, runner: ModelRunner, rows: list[ModelRow], top_k: int,
                    explain: bool, deadline: float) -> Response:
     started = time.perf_counter()
+    if explain:  # each row is also explained, in the model thread (serve/explanations.py)
+        for row in rows:
+            row.explain_until = deadline
     todo, plan = _explained(rows, explain)
     try:
         results = await _run(request, todo, deadline)
@@ -323,6 +332,7 @@ async def _predict(request: Request, runner: ModelRunner, rows: list[ModelRow], 
         prediction = _prediction(runner, result, top_k)
         if len(runs) > 1:
             prediction.contribution = _contribution(runner, result, {name: results[p] for name, p in runs[1:]})
+        prediction.explanation = result.explanation
         predictions.append(prediction)
     mask = request.app.state.settings.mask_pii
     if log.isEnabledFor(logging.DEBUG):  # per request: the access log has every request at INFO
@@ -341,6 +351,8 @@ async def predict(request: Request, body: PredictRequest) -> Response:
 async def predict_json(request: Request, body: PredictRequest) -> Response:
     """POST /predict once the body is validated (also the end of the fast lane, serve/fastlane.py)."""
     runner, deadline = runner_of(request), _deadline(request)
+    if body.explain:  # before decoding anything (an upload is one row: always within the cap)
+        check_explain_rows(len(body.rows), request.app.state.settings.max_explain_rows)
     rows = await _decoded(request, deadline, _file_bytes(body.rows), _json_rows, request, runner, body.rows, deadline)
     return await _predict(request, runner, rows, body.top_k, body.explain, deadline)
 
@@ -379,7 +391,8 @@ predict_upload.__signature__ = inspect.Signature([
     inspect.Parameter("top_k", inspect.Parameter.KEYWORD_ONLY, default=3,
                       annotation=Annotated[int, Form(ge=1, le=MAX_TOP_K)]),
     inspect.Parameter("explain", inspect.Parameter.KEYWORD_ONLY, default=False,
-                      annotation=Annotated[bool, Form(description="Also score the row without each of its inputs.")]),
+                      annotation=Annotated[bool, Form(description="Also score the row without each of its inputs, "
+                                                                  "and explain it (`explanation`).")]),
 ], return_annotation=Response)
 api.post("/predict/upload", response_model=PredictResponse, tags=["model"],
          responses=refusals(400, *MODEL_REFUSALS))(predict_upload)

@@ -13,6 +13,7 @@ device once at start-up (not once per batch with a DataLoader), with its per-bat
 once, as a table's rows naming one file do. The scores are those of the Predictor on the same
 inputs up to float rounding (tests/test_serve.py and test_serve_speed.py compare them). A
 Predictor with an exported runner (ONNX), or any stand-in object, goes through `predict_scores`.
+Rows that ask to be explained are explained after the batch's pass (serve/explanations.py).
 """
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ from torch import Tensor
 from ..data.media import MediaError
 from ..modalities import MODALITIES
 from .errors import invalid
+from .explanations import explain
 from .feature_lru import FeatureLRU
 from .inputs import ModelRow
+from .schemas import Explanation
 
 
 @dataclass
@@ -37,6 +40,7 @@ class RowResult:
     scores: Tensor | None          # (labels,) probabilities, or (1,) for regression; None: row refused
     fused: Tensor | None = None    # the head's input (the fused representation)
     problem: str | None = None     # why the Predictor refused the row
+    explanation: Explanation | None = None  # asked for by the row (explain_until) and explainable
 
 
 class ModelRunner:
@@ -71,9 +75,16 @@ class ModelRunner:
             self.device = predictor.device
             predictor.model.eval().to(self.device)  # a served model never trains: once, not per batch
             self.model = inference_model(predictor.model)
+        # mmfuse.explain explains a class with the torch model's gradients.
+        self.explains = self.direct and self.task == "classification"
 
     def __call__(self, rows: list[ModelRow]) -> list[RowResult]:
-        return self._direct(rows) if self.direct else self._via_predict_scores(rows)
+        results = self._direct(rows) if self.direct else self._via_predict_scores(rows)
+        if self.explains:
+            for row, result in zip(rows, results):
+                if row.explain_until is not None and result.scores is not None:
+                    result.explanation = explain(self.predictor, row)
+        return results
 
     def _direct(self, rows: list[ModelRow]) -> list[RowResult]:
         data = self.predictor.config.data

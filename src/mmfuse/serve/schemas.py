@@ -46,7 +46,8 @@ RowIn = create_model(
 class PredictRequest(_Strict):
     rows: list[RowIn] = Field(..., min_length=1, description="One row or a batch.")
     top_k: JsonInt = Field(3, ge=1, le=MAX_TOP_K)
-    explain: bool = Field(False, description="Also score each row (with two inputs or more) without each of its inputs.")
+    explain: bool = Field(False, description="Also score each row (with two inputs or more) without each of its inputs, "
+                                             "and explain each row (`explanation`; at most the server's max_explain_rows rows).")
 
 
 class EmbedRequest(_Strict):
@@ -72,10 +73,32 @@ class Contribution(BaseModel):
     without: dict[str, float] = Field(description="Modality -> the label's score without that input.")
 
 
+class WordAttribution(BaseModel):
+    model_config = ConfigDict(extra="allow")  # a method may say more of a word (kept as it says it)
+
+    word: str
+    attribution: float = Field(description="The word's effect on the answer's log-probability: > 0 for, < 0 against.")
+
+
+class Explanation(BaseModel):
+    """Why the model gave its top answer (mmfuse.explain.explain_row)."""
+
+    label: str = Field(description="The answer explained (the top one).")
+    probability: float
+    heatmaps: dict[str, list[list[float]]] = Field(
+        description="Spatial modality (image) -> a square grid over it, row by row from the top, in [0, 1] "
+                    "(1: the region that counted most).")
+    words: dict[str, list[WordAttribution]] = Field(
+        description="Worded modality (text) -> its words in order (as the model read them: masked with mask_pii).")
+    shapley: dict[str, float] = Field(description="Modality -> its Shapley value for the answer's probability.")
+
+
 class Prediction(BaseModel):
     prediction: str | float
     top: list[LabelScore]
     contribution: Contribution | None = None
+    explanation: Explanation | None = Field(None, description="With explain=true, for a classification model; "
+                                                              "else null.")
 
 
 class PredictResponse(BaseModel):
@@ -116,6 +139,8 @@ class Info(BaseModel):
     search: bool
     auth: bool
     max_rows: int
+    explain: bool = Field(description="Whether explain=true explains rows (classification models only).")
+    max_explain_rows: int = Field(description="Rows one request with explain=true may have.")
     max_body_bytes: int
     max_request_pixels: int = Field(description="Decoded image pixels in one request, all rows together.")
     limits: dict[str, int | float] = Field(description="Every input cap of this server.")

@@ -43,6 +43,7 @@ class _Settings:
     batching: bool = True
     max_queue: int = 256              # waiting requests before answering 503
     max_rows: int = min(64, MAX_FORWARD_ROWS // EXPLAIN_FACTOR)  # rows in one request
+    max_explain_rows: int = 8         # rows one request may ask to explain (tens to hundreds of ms each)
     max_body_bytes: int = 8 * MiB
     timeout_s: float = 30.0           # per request once its body is in: decoding, queue and model
     mask_pii: bool = False            # mask personal data (mmfuse.privacy) in request texts and logs
@@ -61,6 +62,7 @@ class _Settings:
 
     def check(self) -> "ServeSettings":
         counts = {"max_batch": self.max_batch, "max_queue": self.max_queue, "max_rows": self.max_rows,
+                  "max_explain_rows": self.max_explain_rows,
                   "max_body_bytes": self.max_body_bytes, "max_request_pixels": self.max_request_pixels,
                   "max_connections": self.max_connections, **self.limits()}
         caps = limit_fields()

@@ -1,5 +1,6 @@
 // The mmfuse page: ask the model about its inputs (one per modality it takes, from /info: image,
-// text, audio, ...), show top-k and each input's contribution, and search the index when the
+// text, audio, ...), show top-k, each input's contribution and the explanation (the heatmap drawn
+// over the image, the question's words coloured by their effect), and search the index when the
 // server has one. Audio can also be recorded from the microphone: Web Audio collects Float32
 // samples and they are sent as a 16-bit PCM mono WAV (the server decodes WAV / FLAC / OGG, not the
 // WebM / Opus of MediaRecorder). Plain DOM, no build step.
@@ -297,7 +298,7 @@ async function loadInfo() {
   }
 }
 
-function showPrediction(prediction) {
+function showPrediction(prediction, images) {
   $("answer").textContent = prediction.prediction;
   const list = $("topk");
   list.replaceChildren();
@@ -320,6 +321,66 @@ function showPrediction(prediction) {
     }
   }
   $("result").hidden = false;
+  showExplanation(prediction.explanation, images);
+}
+
+// ----- the explanation: a heatmap over each image, each word coloured by its attribution --------
+
+function showExplanation(explanation, images) {
+  // images: modality -> URL of the file that was asked about (only those can carry a heatmap)
+  const heatmaps = Object.entries(explanation ? explanation.heatmaps : {}).filter(([name]) => images[name]);
+  const words = Object.entries(explanation ? explanation.words : {});
+  $("heatmaps").replaceChildren(...heatmaps.map(([name, grid]) => heatmapFigure(name, grid, images[name])));
+  $("words").replaceChildren(...words.map(([name, list]) => wordLine(name, list)));
+  $("explanation").hidden = !(heatmaps.length || words.length);
+}
+
+function heatmapFigure(name, grid, src) {
+  const image = element("img", { id: "heat-image-" + name, src, alt: `the ${name} that was asked about` });
+  const canvas = element("canvas", { id: "heatmap-" + name, class: "heatmap", role: "img",
+    "aria-label": `heatmap over the ${name}: the redder a region, the more the answer rested on it` });
+  image.addEventListener("load", () => drawHeatmap(canvas, image, grid), { once: true });
+  return element("figure", { class: "heat" }, element("div", { class: "heat-stack" }, image, canvas),
+    element("figcaption", { class: "muted" }, `Where the answer looked in the ${name} (red: most)`));
+}
+
+function drawHeatmap(canvas, image, grid) {
+  // The grid (rows of values in [0, 1]) as a yellow-to-red ramp, transparent where 0, in a canvas
+  // one pixel per cell, then drawn smoothly upscaled over the image at its displayed size.
+  const rows = grid.length, cols = rows ? grid[0].length : 0;
+  if (!cols) return;
+  const cells = new ImageData(cols, rows);
+  grid.forEach((line, y) => line.forEach((v, x) => {
+    cells.data.set([255, Math.round(220 * (1 - v)), 0, Math.round(190 * v)], 4 * (y * cols + x));
+  }));
+  const small = element("canvas", { width: cols, height: rows });
+  small.getContext("2d").putImageData(cells, 0, 0);
+  const ratio = window.devicePixelRatio || 1;
+  canvas.width = Math.round(image.clientWidth * ratio);
+  canvas.height = Math.round(image.clientHeight * ratio);
+  const context = canvas.getContext("2d");
+  context.imageSmoothingEnabled = true;
+  context.imageSmoothingQuality = "high";
+  context.drawImage(small, 0, 0, canvas.width, canvas.height);
+}
+
+function wordLine(name, list) {
+  // Green for the answer, red against it, the stronger the larger the attribution (relative to the
+  // line's largest); also told apart without colour (solid vs dotted underline) and by the title.
+  const largest = Math.max(1e-12, ...list.map(({ attribution }) => Math.abs(attribution)));
+  const spans = list.map(({ word, attribution }) => {
+    const strength = (0.08 + 0.62 * Math.abs(attribution) / largest).toFixed(3);
+    const span = element("span", { class: "word " + (attribution >= 0 ? "for" : "against"),
+      title: `${attribution >= 0 ? "+" : ""}${attribution.toFixed(4)}` }, word);
+    span.dataset.attribution = attribution;
+    span.style.backgroundColor = attribution >= 0 ? `rgba(0, 150, 60, ${strength})` : `rgba(210, 30, 30, ${strength})`;
+    return span;
+  });
+  const words = element("p", { id: "words-" + name, class: "words" });
+  spans.forEach((span, i) => words.append(...(i ? [" ", span] : [span])));
+  return element("div", { class: "word-line" }, element("h4", {}, `The ${name}'s words`), words,
+    element("p", { class: "muted help" }, "green, solid underline: for the answer; red, dotted: against it "
+      + "(hover a word for its attribution)"));
 }
 
 async function ask(event) {
@@ -338,12 +399,18 @@ async function ask(event) {
     }
   }
   if (![...form.keys()].length) return showError("give at least one input: " + info.modalities.join(", "));
+  const images = {}; // the files asked about, shown again under the answer with their heatmaps
+  for (const name of form.keys()) {
+    const preview = $("preview-" + name);
+    if (preview && preview.tagName === "IMG") images[name] = preview.src;
+  }
   form.append("top_k", "5");
   form.append("explain", "true");
   $("ask").disabled = true;
+  $("result").hidden = true; // no answer to other inputs on show while this one is computed
   try {
     const body = await call("/predict/upload", { method: "POST", body: form });
-    showPrediction(body.predictions[0]);
+    showPrediction(body.predictions[0], images);
   } catch (error) {
     showError(error);
   } finally {
