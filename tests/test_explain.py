@@ -3,6 +3,7 @@ occlusion) and exact modality Shapley values, from the Python API and the comman
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -107,3 +108,26 @@ def test_explain_command_writes_json_and_overlay(film_model, tmp_path):
                           "--image", str(tmp_path / "missing.png"), "--out", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "missing.png" in bad.stderr + bad.stdout
+
+
+def test_report_gallery_explains_right_and_wrong_rows(film_model, tmp_path):
+    predictor, folder, _ = film_model
+    from conftest import write_shapes_csv
+
+    table = write_shapes_csv(tmp_path)
+    predicted = predictor.predict(table)
+    import pandas as pd
+
+    truth = pd.read_csv(table)["answer"].astype(str)
+    right = int((predicted["prediction"].astype(str).values == truth.values).sum())
+    predictor.config.report.gallery = 2
+    predictor.evaluate(table, report_dir=tmp_path / "report")
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert f"### Answered right ({right} rows)" in report
+    assert f"### Answered wrong ({len(truth) - right} rows)" in report
+    pictures = re.findall(r"\]\((gallery/[^)]+\.png)\)", report)
+    assert 1 <= len(pictures) <= 4 and all((tmp_path / "report" / p).is_file() for p in pictures)
+    assert len(re.findall(r"\*\*[^*]+\*\*<sup>[+-]\d", report)) == 2 * len(pictures)  # two marked words a row
+    predictor.config.report.gallery = 0
+    predictor.evaluate(table, report_dir=tmp_path / "plain")
+    assert "Explained rows" not in (tmp_path / "plain" / "report.md").read_text()

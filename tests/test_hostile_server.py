@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -340,3 +341,28 @@ def test_a_fifo_as_an_image_path_is_refused_without_hanging(tmp_path):
 def test_a_nul_byte_in_a_path_is_a_media_error(tmp_path, open_media):
     with pytest.raises(MediaError, match="path contains a NUL byte"):
         open_media(str(tmp_path / "a\x00b.png"))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_an_upload_is_stored_without_its_metadata(tmp_path, fmt):
+    """EXIF with a GPS position and a camera owner's name: the stored upload keeps only pixels; an
+    upload without metadata is stored byte for byte."""
+    from PIL import Image
+
+    picture = Image.new("RGB", (40, 30), (200, 40, 40))
+    exif = Image.Exif()
+    exif[0x013B] = "Jane Q. Photographer"  # Artist
+    exif[0x8825] = {1: "N", 2: (52.0, 22.0, 30.0), 3: "E", 4: (4.0, 53.0, 0.0)}  # GPS IFD
+    tagged, plain = io.BytesIO(), io.BytesIO()
+    picture.save(tagged, format=fmt, exif=exif)
+    picture.save(plain, format=fmt)
+    assert b"Jane Q. Photographer" in tagged.getvalue()
+    image = MODALITIES["image"]
+    limits = {"max_pixels": 25_000_000}
+    kept = Path(image.from_upload(tagged.getvalue(), "image", tmp_path, limits).path)
+    stored = kept.read_bytes()
+    assert b"Jane Q. Photographer" not in stored and b"Exif" not in stored
+    with Image.open(kept) as reopened:
+        assert not reopened.getexif() and reopened.size == (40, 30)
+        assert reopened.convert("RGB").getpixel((5, 5)) == pytest.approx((200, 40, 40), abs=6)
+    assert Path(image.from_upload(plain.getvalue(), "image", tmp_path, limits).path).read_bytes() == plain.getvalue()

@@ -264,7 +264,7 @@ def explain(
     **inputs: Any,
 ) -> None:
     """Why the model answers as it does for one row: a heatmap over the image regions (Grad-CAM),
-    each word's share (occlusion) and each modality's Shapley value."""
+    each word's attribution (Integrated Gradients) and each modality's Shapley value."""
     import json
 
     from .explain import explain_row, overlay

@@ -177,6 +177,14 @@ class PrivacyConfig(Section):
         return kinds
 
 
+class ReportConfig(Section):
+    """What report.md shows beyond the metrics."""
+
+    # Evaluated rows explained in report.md (heatmap, word attributions, modality Shapley values):
+    # this many the model answers right and this many it answers wrong (classification); 0: none.
+    gallery: int = Field(4, ge=0)
+
+
 class Config(Section):
     task: Literal["classification", "multilabel", "regression"] = "classification"
     data: DataConfig = DataConfig()
@@ -187,6 +195,7 @@ class Config(Section):
     compare: CompareConfig = CompareConfig()
     align: AlignConfig | None = None
     privacy: PrivacyConfig = PrivacyConfig()
+    report: ReportConfig = ReportConfig()
     # The run directory. Unset: runs/<the config file's name>, or runs/<the data's name> for a
     # config given as a dict (a shared default would overwrite one config's model with another's).
     output_dir: str | None = None

@@ -124,7 +124,8 @@ def evaluate_dataset(model: MultimodalModel, dataset: TableDataset, config, labe
             masked = predict_outputs(model, without(dataset, modality), config, device)
             contribution[f"without_{modality}"] = compute_metrics(task, masked, dataset.target, labels, model.head)[0][headline]
     return {"metrics": metrics, "per_class": per_class, "confusion": confusion,
-            "modality_contribution": contribution, "rows": len(dataset), "headline": headline}
+            "modality_contribution": contribution, "rows": len(dataset), "headline": headline,
+            "predicted": outputs.argmax(-1).tolist() if task == "classification" else None}
 
 
 def inputs_name(key: str, modalities: list[str]) -> str:

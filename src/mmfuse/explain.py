@@ -65,7 +65,7 @@ def _frame(predictor, rows: list[dict[str, Any]]):
 
 def row_scores(predictor, rows: list[dict[str, Any]]) -> torch.Tensor:
     """Class probabilities of each row, in order (a row that fails to read raises)."""
-    return row_log_scores(predictor, rows).exp()
+    return row_logits(predictor, rows).softmax(-1)
 
 
 def _row_dataset(predictor, rows: list[dict[str, Any]]):
@@ -74,11 +74,6 @@ def _row_dataset(predictor, rows: list[dict[str, Any]]):
     if len(frame) != len(rows):
         raise ValueError("; ".join(b.reason for b in predictor.bad_rows[-(len(rows) - len(frame)):]))
     return predictor._dataset(frame.assign(label=None), cache=False)
-
-
-def row_log_scores(predictor, rows: list[dict[str, Any]]) -> torch.Tensor:
-    """Class log-probabilities from the logits (a saturated probability of 1.0 keeps its margin)."""
-    return row_logits(predictor, rows).log_softmax(-1)
 
 
 def row_logits(predictor, rows: list[dict[str, Any]]) -> torch.Tensor:
@@ -226,12 +221,14 @@ def _prior(predictor) -> torch.Tensor:
     return model.head.scores(model.head(model.fusion(model.scale(feats))))[0]
 
 
-def overlay(image, grid: list[list[float]], alpha: float = 0.5):
-    """The image with the heatmap (red = high) blended over it, at the image's size."""
+def overlay(image, grid: list[list[float]], strength: float = 0.7):
+    """The image with the heatmap over it, at the image's size: transparent where the map is 0,
+    through yellow to opaque red where it is highest (the image stays visible where nothing is)."""
     from PIL import Image
 
     heat = np.asarray(grid, dtype=np.float32)
     heat_image = Image.fromarray((heat * 255).astype(np.uint8)).resize(image.size, Image.BILINEAR)
     level = np.asarray(heat_image, dtype=np.float32) / 255.0
-    colour = np.stack([level * 255, np.zeros_like(level), (1 - level) * 255], axis=-1).astype(np.uint8)
-    return Image.blend(image.convert("RGB"), Image.fromarray(colour), alpha)
+    colour = np.stack([np.full_like(level, 255), (1 - level) * 255, np.zeros_like(level),
+                       level * strength * 255], axis=-1).astype(np.uint8)
+    return Image.alpha_composite(image.convert("RGBA"), Image.fromarray(colour, "RGBA")).convert("RGB")

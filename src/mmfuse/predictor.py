@@ -192,8 +192,15 @@ class Predictor:
         frame = self.read(data, columns=columns) if data is not None else self._default_test()
         result = evaluate_dataset(self.model, self._dataset(frame), self.config, self.labels, self.device)
         if report_dir is not None:
-            write_report(result, report_dir, title=title, labels=self.labels,
-                         modality_dropout=self.config.train.modality_dropout)
+            path = write_report(result, report_dir, title=title, labels=self.labels,
+                                modality_dropout=self.config.train.modality_dropout)
+            if self.config.task == "classification" and self.config.report.gallery:
+                from .gallery import gallery_lines
+
+                predicted = [self.labels[i] for i in result["predicted"]]
+                lines = gallery_lines(self, frame, predicted, path.parent, self.config.report.gallery)
+                with path.open("a") as report:
+                    report.write("\n".join(lines) + "\n")
         self.metrics = {"metrics": result["metrics"], "modality_contribution": result["modality_contribution"],
                         "rows": result["rows"], "title": title}
         return result

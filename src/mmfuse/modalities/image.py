@@ -101,9 +101,16 @@ class ImageModality(Modality):
         kind, _ = _header(data, max_pixels, None)
         with _DECODE_SLOTS:
             image = media.decode_image_bytes(data, max_pixels=max_pixels, reduce_to=upload_side(limits))
-        handle, path = tempfile.mkstemp(suffix=_SUFFIX[kind], dir=folder)
+        # An upload carrying metadata (EXIF, GPS, XMP, comments) is stored as its decoded pixels
+        # only, in PNG: what a user's camera recorded is never written to our disk.
+        personal = _has_metadata(data)
+        handle, path = tempfile.mkstemp(suffix=".png" if personal else _SUFFIX[kind], dir=folder)
         with os.fdopen(handle, "wb") as out:
-            out.write(data)
+            if personal:
+                image.info.clear()
+                image.save(out, format="PNG")
+            else:
+                out.write(data)
         return Decoded(path, image)
 
     def decoded_pixels(self, data: bytes, limits: dict[str, Any]) -> int:
@@ -149,6 +156,16 @@ def _header(data: bytes, max_pixels: int, side: int | None) -> tuple[str, int]:
     if width * height > max_pixels:
         raise MediaError(f"image too large: {width}×{height} = {width * height:,} pixels (max {max_pixels:,})")
     return kind, decoded
+
+
+METADATA_KEYS = ("exif", "xmp", "XML:com.adobe.xmp", "comment", "photoshop")
+
+
+def _has_metadata(data: bytes) -> bool:
+    """Whether vetted image bytes carry EXIF (GPS is an EXIF block), XMP, comments or PNG text."""
+    with Image.open(io.BytesIO(data)) as im:
+        return (any(key in im.info for key in METADATA_KEYS) or bool(im.getexif())
+                or bool(getattr(im, "text", None)))
 
 
 def _unsupported(data: bytes) -> str:
