@@ -116,3 +116,23 @@ def test_search_thumbnails_carry_no_image_metadata(tmp_path):
     sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert not sent.getexif() and "exif" not in sent.info
     assert b"PrivateCam" not in base64.b64decode(url.split(",", 1)[1])
+
+
+def test_bad_row_reasons_are_masked_too(tmp_path, caplog):
+    """A refused row's reason quotes the value it refuses (a file name holding an e-mail address):
+    with masking on, neither the kept bad rows nor the log hold it."""
+    frame = make_shapes_table(tmp_path / "data" / "images")
+    frame["image"] = "images/" + frame["image"]
+    frame.loc[0, "image"] = f"images/{PERSONAL['email']}.png"  # no such file
+    table = tmp_path / "data" / "table.csv"
+    frame.to_csv(table, index=False)
+    for mask in (False, True):
+        config = tiny_config(tmp_path / f"work{mask}", table, **{"privacy.mask_pii": mask})
+        predictor = Predictor(config)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            predictor.splits()
+        reasons = " ".join(str(bad) for bad in predictor.bad_rows)
+        assert len(predictor.bad_rows) == 1 and "row 1" in reasons
+        assert (PERSONAL["email"] in reasons + caplog.text) is not mask
+        assert ("[EMAIL]" in reasons) is mask

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,7 +14,7 @@ import pandas as pd
 import torch
 
 from .config import ColumnsConfig, Config, DataConfig, load_config, parse_config
-from .data.manifest import BadRow, load_manifest, split_manifest
+from .data.manifest import BadRow, Manifest, load_manifest, split_manifest
 from .dataset import build_dataset
 from .encoders.cache import FeatureCache
 from .errors import ConfigError, DataError, MmfuseError
@@ -70,14 +71,22 @@ class Predictor:
         # Only a configured label set (data.labels) makes other labels bad rows; a label the model
         # never saw is kept, and counts as an error (dataset.encode_targets), as in training.
         # rebind: a trained model's tables (predict, evaluate) may name their columns per call.
-        manifest = load_manifest(data, bound, task=self.config.task, modalities=self.config.modalities(),
-                                 require_label=labelled, rebind=self.model is not None)
+        manifest = self._noted(load_manifest(data, bound, task=self.config.task, modalities=self.config.modalities(),
+                                             require_label=labelled, rebind=self.model is not None))
+        for bad in manifest.bad_rows[:20]:
+            log.warning("  %s", bad)
+        return mark(self._masked(manifest.frame))
+
+    def _noted(self, manifest: Manifest) -> Manifest:
+        """The manifest's bad rows logged (summary) and kept in `bad_rows`; with privacy.mask_pii
+        their reasons masked first (a reason may quote the value it refuses)."""
+        if self.config.privacy.mask_pii and manifest.bad_rows:
+            masker = self._pii_masker()
+            manifest.bad_rows = [replace(bad, reason=masker.mask(bad.reason)) for bad in manifest.bad_rows]
         if manifest.bad_rows:
             log.warning("%s", manifest.summary())
-            for bad in manifest.bad_rows[:20]:
-                log.warning("  %s", bad)
         self.bad_rows.extend(manifest.bad_rows)
-        return mark(self._masked(manifest.frame))
+        return manifest
 
     def _bind(self, columns: dict[str, str | None] | None, doing: str) -> DataConfig:
         """The data section for one table given to this Predictor. Its split column is never read:
@@ -100,26 +109,28 @@ class Predictor:
 
     def splits(self) -> dict[str, pd.DataFrame]:
         """The configured source (and test_source) split into train / val / test."""
-        manifest = load_manifest(self.config.data.source, self.config.data, task=self.config.task,
-                                 modalities=self.config.modalities())
-        self.bad_rows.extend(manifest.bad_rows)
-        if manifest.bad_rows:
-            log.warning("%s", manifest.summary())
+        manifest = self._noted(load_manifest(self.config.data.source, self.config.data, task=self.config.task,
+                                             modalities=self.config.modalities()))
         parts = split_manifest(manifest, self.config.data)
         if self.config.data.test_source:
             parts["test"] = self.read(self.config.data.test_source)
         return {name: mark(self._masked(frame)) for name, frame in parts.items()}
+
+    def _pii_masker(self):
+        if self.pii_masker is None:
+            from .privacy import PiiMasker
+
+            privacy = self.config.privacy
+            self.pii_masker = PiiMasker(privacy.kinds, privacy.phone_regions)
+        return self.pii_masker
 
     def _masked(self, frame: pd.DataFrame) -> pd.DataFrame:
         """privacy.mask_pii: personal data masked in every input column as soon as it is read."""
         privacy = self.config.privacy
         if not privacy.mask_pii:
             return frame
-        if self.pii_masker is None:
-            from .privacy import PiiMasker
-
-            self.pii_masker = PiiMasker(privacy.kinds, privacy.phone_regions)
-        before = sum(self.pii_masker.counts.values())
+        masker = self._pii_masker()
+        before = sum(masker.counts.values())
         frame = frame.copy()
         for modality in self.config.modalities():
             if modality in frame:
