@@ -87,33 +87,51 @@ def test_describe_names_the_preprocessing_and_options(whisper):
 
 
 def test_whisper_trimmed_window_shapes_masks_and_padding(whisper):
-    assert not whisper.trainable and whisper.out_dim == 768  # [frame, |frame - clip mean|]
+    assert not whisper.trainable and whisper.out_dim == 3 * 384  # the means of the clip's thirds
     assert not any(p.requires_grad for p in whisper.parameters())
     short, long = clip(0.53, 300, seed=1), clip(1.9, 600, seed=2)
     with torch.no_grad():
         batch = whisper(whisper.prepare([short, long]))
         alone = whisper(whisper.prepare([short]))
     # 0.53 s -> 53 mel frames -> 27 frames; 1.9 s -> 190 -> 95: the batch is trimmed to 95
-    assert batch.tokens.shape == (2, 95, 768) and batch.mask.sum(1).tolist() == [27, 95]
-    assert alone.tokens.shape == (1, 27, 768)
+    assert batch.tokens.shape == (2, 95, 3 * 384) and batch.mask.sum(1).tolist() == [27, 95]
+    assert alone.tokens.shape == (1, 27, 3 * 384)
     assert torch.allclose(batch.pooled[0], alone.pooled[0], atol=1e-4)
     assert torch.allclose(batch.tokens[0, :27], alone.tokens[0], atol=1e-4)
-    assert torch.allclose(batch.pooled, (batch.tokens * batch.mask[..., None]).sum(1) / batch.mask.sum(1, keepdim=True),
-                          atol=1e-5)
+
+
+def test_whisper_segments_are_the_means_of_the_clips_thirds_in_order(whisper):
+    plain = create_encoder("audio", "whisper_tiny", segments=1).eval()
+    assert plain.out_dim == 384 and plain.describe() != whisper.describe()  # a different cache key
+    wave = clip(1.9, 600, seed=2)  # 95 frames: thirds of 32, 32 and 31 frames (t * 3 // 95)
+    with torch.no_grad():
+        frames = plain(plain.prepare([wave])).tokens[0]
+        thirds = whisper(whisper.prepare([wave]))
+    bounds = [0, 32, 64, 95]
+    for s in range(3):
+        part = slice(384 * s, 384 * (s + 1))
+        torch.testing.assert_close(thirds.pooled[0, part], frames[bounds[s]:bounds[s + 1]].mean(0), atol=1e-4, rtol=1e-4)
+        # each frame token in its third's slot, zeros in the others
+        torch.testing.assert_close(thirds.tokens[0, bounds[s]:bounds[s + 1], part], frames[bounds[s]:bounds[s + 1]],
+                                   atol=1e-4, rtol=1e-4)
+        assert thirds.tokens[0, :bounds[s], part].abs().sum() == 0
+    with pytest.raises(ConfigError, match="segments"):
+        create_encoder("audio", "whisper_tiny", segments=0)
 
 
 def test_whisper_full_window_masks_past_the_clip():
     encoder = create_encoder("audio", "whisper_tiny", window="full").eval()
     with torch.no_grad():
         feats = encoder(encoder.prepare([clip(0.5), clip(1.0)]))
-    assert feats.tokens.shape == (2, 1500, 768) and feats.mask.sum(1).tolist() == [25, 50]
+    assert feats.tokens.shape == (2, 1500, 3 * 384) and feats.mask.sum(1).tolist() == [25, 50]
 
 
-def test_whisper_deviation_half_is_each_frames_distance_from_the_clip_mean(whisper):
-    plain = create_encoder("audio", "whisper_tiny", deviation=False).eval()
-    assert plain.out_dim == 384 and plain.describe() != whisper.describe()  # a different cache key
+def test_whisper_deviation_half_is_each_frames_distance_from_the_clip_mean():
+    both_halves = create_encoder("audio", "whisper_tiny", deviation=True, segments=1).eval()
+    plain = create_encoder("audio", "whisper_tiny", segments=1).eval()
+    assert both_halves.out_dim == 768 and plain.describe() != both_halves.describe()  # a different cache key
     with torch.no_grad():
-        both = whisper(whisper.prepare([clip(0.8, 400, seed=3)]))
+        both = both_halves(both_halves.prepare([clip(0.8, 400, seed=3)]))
         frames = plain(plain.prepare([clip(0.8, 400, seed=3)]))
     torch.testing.assert_close(both.tokens[..., :384], frames.tokens)
     torch.testing.assert_close(both.tokens[..., 384:], (frames.tokens - frames.pooled[:, None]).abs())
