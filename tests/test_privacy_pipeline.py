@@ -136,3 +136,13 @@ def test_bad_row_reasons_are_masked_too(tmp_path, caplog):
         assert len(predictor.bad_rows) == 1 and "row 1" in reasons
         assert (PERSONAL["email"] in reasons + caplog.text) is not mask
         assert ("[EMAIL]" in reasons) is mask
+
+
+def test_explanations_see_and_show_the_masked_text(tmp_path):
+    from mmfuse.explain import explain_row
+
+    predictor, _ = train_on_personal_data(tmp_path, mask=True)
+    image = str(next((tmp_path / "data" / "images").glob("*.png")))
+    result = explain_row(predictor, {"image": image, "text": f"is the square red? mail {PERSONAL['email']}"})
+    words = [w for w, _ in result.words["text"]]
+    assert words[-1] == "[EMAIL]" and PERSONAL["email"] not in json.dumps(result.as_dict())

@@ -47,6 +47,9 @@ def explain_row(predictor, row: dict[str, Any]) -> Explanation:
     """`row`: {modality: value} for one input (absent modalities left out)."""
     if predictor.config.task != "classification":
         raise ValueError("explain covers classification models (the predicted class is what is explained)")
+    if predictor.config.privacy.mask_pii:  # explained as the model reads it: personal data masked
+        masker = predictor._pii_masker()
+        row = {m: MODALITIES[m].mask_personal([v], masker)[0] for m, v in row.items()}
     scores = row_scores(predictor, [row])[0]
     target = int(scores.argmax())
     explanation = Explanation(prediction=predictor.labels[target], probability=float(scores[target]))
@@ -171,8 +174,9 @@ def _per_word(text: str, spans: list[tuple[int, int] | None], token_scores: list
     words = [(match.group(), match.start(), match.end()) for match in re.finditer(r"\S+", text)]
     totals = [0.0] * len(words)
     for span, score in zip(spans, token_scores):
-        if span is not None:
-            totals[next(i for i, (_, start, end) in enumerate(words) if start <= span[0] < end)] += score
+        word = None if span is None else next((i for i, (_, a, b) in enumerate(words) if a <= span[0] < b), None)
+        if word is not None:
+            totals[word] += score
     return [(word, total) for (word, _, _), total in zip(words, totals)]
 
 
