@@ -12,7 +12,8 @@ import yaml
 
 from mmfuse.compare import with_compare_settings
 from mmfuse.config import load_config
-from mmfuse.evaluate import classification_metrics, multilabel_metrics, write_report
+from mmfuse.evaluate import write_report
+from mmfuse.tasks import create_task
 from mmfuse.metric_format import format_metric
 
 HEAVY = ("torch", "lightning", "torchmetrics", "pandas", "transformers")
@@ -60,19 +61,19 @@ def test_auroc_is_undefined_when_a_class_is_absent():
     labels = ["a", "b", "c"]
     target = torch.tensor([0, 0, 1, 1])  # no "c"
     scores = torch.tensor([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1]])
-    metrics, _, _ = classification_metrics(scores, target, labels)
+    metrics, _, _ = create_task("classification").metrics(scores, target, labels)
     assert metrics["accuracy"] == 1.0
     assert math.isnan(metrics["auroc"])
     assert format_metric(metrics["auroc"]) == "undefined"
     # every class present: a real number
-    full, _, _ = classification_metrics(torch.cat([scores, torch.tensor([[0.1, 0.1, 0.8]])]),
-                                        torch.tensor([0, 0, 1, 1, 2]), labels)
+    full, _, _ = create_task("classification").metrics(torch.cat([scores, torch.tensor([[0.1, 0.1, 0.8]])]),
+                                                       torch.tensor([0, 0, 1, 1, 2]), labels)
     assert full["auroc"] == 1.0
 
 
 def test_multilabel_auroc_is_undefined_for_a_tag_on_every_row():
     target = torch.tensor([[1, 0], [1, 1]])  # tag 0 on every row: no negatives
-    metrics, _, _ = multilabel_metrics(torch.tensor([[0.9, 0.2], [0.8, 0.7]]), target, ["x", "y"])
+    metrics, _, _ = create_task("multilabel").metrics(torch.tensor([[0.9, 0.2], [0.8, 0.7]]), target, ["x", "y"])
     assert math.isnan(metrics["auroc"])
 
 

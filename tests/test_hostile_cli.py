@@ -270,12 +270,12 @@ def test_a_label_only_in_val_or_test_counts_as_an_error(tmp_path, caplog):
 
 
 def test_unseen_labels_are_wrong_even_when_everything_else_is_right():
-    from mmfuse.dataset import encode_targets
-    from mmfuse.evaluate import classification_metrics
+    from mmfuse.tasks import create_task
 
-    target = encode_targets(pd.DataFrame({"label": ["a", "b", "triangle", "a"]}), "classification", ["a", "b"])
+    task = create_task("classification")
+    target = task.encode(["a", "b", "triangle", "a"], ["a", "b"])
     scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])
-    metrics, per_class, confusion = classification_metrics(scores, target, ["a", "b"])
+    metrics, per_class, confusion = task.metrics(scores, target, ["a", "b"])
     assert metrics["accuracy"] == pytest.approx(0.75)
     assert confusion.shape == (3, 3) and confusion[2, 0] == 1
 

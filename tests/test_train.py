@@ -5,7 +5,8 @@ from mmfuse.config import parse_config
 from mmfuse.data.batching import Batch, ModalityBatch
 from mmfuse.errors import ConfigError
 from mmfuse.features import Features
-from mmfuse.train import drop_modalities, validation_score
+from mmfuse.tasks import create_task
+from mmfuse.train import drop_modalities
 
 import pytest
 
@@ -38,9 +39,18 @@ def test_modality_dropout_is_checked_in_config():
         parse_config({"train": {"modality_dropout": {"image": 1.0}}})
 
 
+def validation_score(name: str, output: torch.Tensor, target: torch.Tensor) -> float:
+    task = create_task(name)
+    metric = task.val_metric(2)
+    metric.update(task.scores(output), target)
+    return float(metric.compute())
+
+
 def test_validation_scores():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
     assert validation_score("classification", logits, torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)
+    # a label the model never saw in training (UNSEEN) counts wrong, not left out
+    assert validation_score("classification", logits, torch.tensor([0, 1, -100])) == pytest.approx(2 / 3)
     assert validation_score("regression", torch.tensor([1.0, 3.0]), torch.tensor([1.0, 1.0])) == pytest.approx(2.0)
 
 

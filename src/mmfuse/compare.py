@@ -163,16 +163,17 @@ def read_frame(path: Path) -> pd.DataFrame:
 
 def prepare_data(config: Config, folds: int | None, data_dir: Path) -> dict[int | None, dict[str, Any]]:
     """Read + check + split the table once; write each part for the children; fill the cache."""
-    from .predictor import Predictor, infer_labels
+    from .predictor import Predictor
 
-    splits = Predictor(config).splits()
+    predictor = Predictor(config)
+    splits = predictor.splits()
     parts = plan_parts(splits, folds, config)
     data_dir.mkdir(parents=True, exist_ok=True)
     # One label set for every cell, from every row: the heads are comparable, and a label seen
     # only in one fold's evaluation rows is not an error.
     labels: list[str] = []
-    if config.task != "regression":
-        labels = list(config.data.labels or infer_labels(pd.concat(splits.values()), config.task))
+    if predictor.task.per_label:
+        labels = list(config.data.labels or predictor.task.label_set(pd.concat(splits.values())["label"]))
     (data_dir / "labels.json").write_text(json.dumps(labels))
     for fold, part in parts.items():
         prefix = "" if fold is None else f"f{fold}-"
@@ -477,7 +478,9 @@ def markdown_table(summary: pd.DataFrame, metric: str) -> str:
 
 
 def write_results(cells: pd.DataFrame, config: Config, out_dir: Path, *, echo: Echo = print) -> pd.DataFrame:
-    higher = config.task != "regression"
+    from .tasks import create_task
+
+    higher = create_task(config.task).headline_mode == "max"
     metric = cells["metric_name"].iloc[0]
     cells.to_csv(out_dir / "comparison.csv", index=False)
     summary = summarize(cells, higher)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, create_model, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, create_model, field_validator
 
 from .errors import ConfigError
 from .privacy import DEFAULT_REGIONS, KINDS
@@ -167,6 +167,13 @@ class PrivacyConfig(Section):
     mask_pii: bool = False
     kinds: list[str] | None = None  # default: every kind mmfuse.privacy recognises
     phone_regions: list[str] = list(DEFAULT_REGIONS)  # numbering plans phone numbers are read in
+    # Microsoft Presidio's analyzer too (pip install 'mmfuse[presidio]'), for the kinds mmfuse has
+    # no recognizer for: on a blank spaCy pipeline its patterns (URLs, dates, UUIDs, ...), no names.
+    # `kinds` restricts mmfuse's own kinds only.
+    presidio: bool = False
+    # With presidio: a spaCy pipeline folder (or installed pipeline package) whose named entities
+    # are masked too: persons as [PERSON], places as [LOCATION]. Never downloaded.
+    spacy_model: str | None = None
 
     @field_validator("kinds")
     @classmethod
@@ -175,6 +182,13 @@ class PrivacyConfig(Section):
         if unknown:
             raise ValueError(f"unknown kinds {unknown}; known: {', '.join(KINDS)}")
         return kinds
+
+    @field_validator("spacy_model")
+    @classmethod
+    def _model_needs_presidio(cls, spacy_model: str | None, info: ValidationInfo) -> str | None:
+        if spacy_model and not info.data.get("presidio"):
+            raise ValueError("read by Presidio only: set privacy.presidio: true as well")
+        return spacy_model
 
 
 class ReportConfig(Section):
@@ -186,7 +200,7 @@ class ReportConfig(Section):
 
 
 class Config(Section):
-    task: Literal["classification", "multilabel", "regression"] = "classification"
+    task: str = "classification"  # a registered task (mmfuse.tasks), checked by check_names
     data: DataConfig = DataConfig()
     encoders: EncodersConfig = EncodersConfig()
     fusion: FusionConfig = FusionConfig()
@@ -262,7 +276,9 @@ def check_names(config: Config) -> None:
     """Registry names are checked here so a typo fails before any data is read."""
     from .encoders import check_encoder_name
     from .fusion import FUSIONS
+    from .tasks import TASKS
 
+    TASKS.get(config.task)
     FUSIONS.get(config.fusion.name)
     for modality, rate in config.train.modality_dropout.items():
         if modality not in config.modalities():

@@ -6,7 +6,6 @@ prepared once per unique input (decoded, resized pixels; token ids) and kept in 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from typing import Any, Callable
 
 import numpy as np
@@ -18,6 +17,7 @@ from .data.batching import ModalityColumn, TableDataset, unique_index
 from .modalities import MODALITIES, group_modality
 from .encoders import Encoder
 from .encoders.cache import FeatureCache
+from .tasks import create_task
 
 log = logging.getLogger(__name__)
 PREPARE_CHUNK = 512
@@ -34,35 +34,6 @@ def noisy(load, change: Callable[[Any, str], Any]):
         return [change(item, str(value)) for item, value in zip(load(values), values)]
 
     return load_noisy
-
-
-# The target of a row whose label the model never saw in training (a label only in the val or test
-# split). No output stands for it, so it is never predicted right: accuracy counts it wrong, the
-# loss skips it (cross-entropy's default ignore_index), and the metrics give it a class of its own.
-UNSEEN = -100
-
-
-def encode_targets(frame: pd.DataFrame, task: str, labels: list[str]) -> Tensor | None:
-    if "label" not in frame or frame["label"].isna().all():
-        return None
-    if task == "regression":
-        return torch.tensor(frame["label"].astype(float).to_numpy(), dtype=torch.float32)
-    position = {label: i for i, label in enumerate(labels)}
-    rows = frame["label"].tolist()
-    tags = rows if task == "multilabel" else [[value] for value in rows]
-    unseen = [[t for t in row if t not in position] for row in tags]
-    if any(unseen):
-        counts = Counter(t for row in unseen for t in row)
-        log.warning("%d row(s) with labels the model never saw in training (%s): %s", sum(map(bool, unseen)),
-                    ", ".join(f"{label!r} ×{n}" for label, n in counts.most_common(10)),
-                    "those tags are left out of their targets" if task == "multilabel" else "they count as errors")
-    if task == "multilabel":
-        # An unseen tag has no output: the row keeps its other tags (the unseen one cannot be scored).
-        target = torch.zeros(len(frame), len(labels))
-        for row, known in enumerate(tags):
-            target[row, [position[t] for t in known if t in position]] = 1.0
-        return target
-    return torch.tensor([position.get(v, UNSEEN) for v in rows], dtype=torch.long)
 
 
 def prepare_all(encoder: Encoder, values: list[Any], load) -> dict[str, Tensor]:
@@ -125,4 +96,5 @@ def build_dataset(frame: pd.DataFrame, encoders: dict[str, Encoder], *, task: st
         groups = np.where(image_index >= 0, image_index, image_index.max(initial=0) + 1 + np.arange(len(frame)))
     else:
         groups = np.arange(len(frame))
-    return TableDataset(columns, encode_targets(frame, task, labels), groups)
+    labelled = "label" in frame and not frame["label"].isna().all()
+    return TableDataset(columns, create_task(task).encode(frame["label"].tolist(), labels) if labelled else None, groups)

@@ -8,17 +8,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics.functional import classification as C
-from torchmetrics.functional import regression as R
 
 from .data.batching import TableDataset
-from .dataset import UNSEEN
 from .metric_format import format_metric, json_safe
 from .model import MultimodalModel
 from .inference import predict_outputs
-
-HEADLINE = {"classification": "accuracy", "multilabel": "micro_f1", "regression": "rmse"}
-UNSEEN_LABEL = "(not in training)"
 
 
 def without(dataset: TableDataset, modality: str) -> TableDataset:
@@ -29,84 +23,9 @@ def without(dataset: TableDataset, modality: str) -> TableDataset:
     return TableDataset(columns, dataset.target, dataset.groups)
 
 
-def classification_metrics(scores: Tensor, target: Tensor, labels: list[str]) -> tuple[dict, list[dict], Tensor]:
-    unseen = target == UNSEEN
-    if unseen.any():
-        # Rows whose label the model never saw in training: a class of their own that it never
-        # predicts (score 0), so each one counts as an error, in the confusion matrix too.
-        scores = torch.cat([scores, scores.new_zeros(len(scores), 1)], dim=1)
-        target = torch.where(unseen, len(labels), target)
-        labels = [*labels, UNSEEN_LABEL]
-    n = len(labels)
-    common = {"num_classes": n}
-    metrics = {
-        "accuracy": C.multiclass_accuracy(scores, target, average="micro", **common).item(),
-        "macro_f1": C.multiclass_f1_score(scores, target, average="macro", **common).item(),
-        "micro_f1": C.multiclass_f1_score(scores, target, average="micro", **common).item(),
-        "macro_precision": C.multiclass_precision(scores, target, average="macro", **common).item(),
-        "macro_recall": C.multiclass_recall(scores, target, average="macro", **common).item(),
-    }
-    support = torch.bincount(target, minlength=n)
-    metrics["auroc"] = _classification_auroc(scores, target, support)
-    precision = C.multiclass_precision(scores, target, average=None, **common)
-    recall = C.multiclass_recall(scores, target, average=None, **common)
-    f1 = C.multiclass_f1_score(scores, target, average=None, **common)
-    per_class = [{"label": labels[i], "precision": precision[i].item(), "recall": recall[i].item(),
-                  "f1": f1[i].item(), "support": int(support[i])} for i in range(n)]
-    confusion = C.multiclass_confusion_matrix(scores, target, **common)
-    return metrics, per_class, confusion
-
-
-def _classification_auroc(scores: Tensor, target: Tensor, support: Tensor) -> float:
-    """One-vs-rest AUROC, NaN (printed "undefined") when a class is absent from the split.
-
-    A class without rows has no ROC curve; torchmetrics scores it 0 and averages that in, which
-    printed 0.0000 (or 0.92 beside an accuracy of 1.0) for a split that lacks one class.
-    """
-    n = len(support)
-    if bool((support == 0).any()):
-        return float("nan")
-    if n == 2:
-        return C.binary_auroc(scores[:, 1], target).item()
-    return C.multiclass_auroc(scores, target, num_classes=n, average="macro").item()
-
-
-def multilabel_metrics(scores: Tensor, target: Tensor, labels: list[str]) -> tuple[dict, list[dict], None]:
-    n, target = len(labels), target.long()
-    metrics = {
-        "micro_f1": C.multilabel_f1_score(scores, target, num_labels=n, average="micro").item(),
-        "macro_f1": C.multilabel_f1_score(scores, target, num_labels=n, average="macro").item(),
-        "macro_precision": C.multilabel_precision(scores, target, num_labels=n, average="macro").item(),
-        "macro_recall": C.multilabel_recall(scores, target, num_labels=n, average="macro").item(),
-        "exact_match": C.multilabel_exact_match(scores, target, num_labels=n).item(),
-        "auroc": _multilabel_auroc(scores, target),
-    }
-    f1 = C.multilabel_f1_score(scores, target, num_labels=n, average=None)
-    per_class = [{"label": labels[i], "f1": f1[i].item(), "support": int(target[:, i].sum())} for i in range(n)]
-    return metrics, per_class, None
-
-
-def _multilabel_auroc(scores: Tensor, target: Tensor) -> float:
-    """Macro AUROC over the tags; undefined when a tag is on every row or on none."""
-    positives = target.sum(0)
-    if bool(((positives == 0) | (positives == len(target))).any()):
-        return float("nan")
-    return C.multilabel_auroc(scores, target, num_labels=target.shape[1], average="macro").item()
-
-
-def regression_metrics(scores: Tensor, target: Tensor) -> tuple[dict, list, None]:
-    return {"rmse": R.mean_squared_error(scores, target, squared=False).item(),
-            "mae": R.mean_absolute_error(scores, target).item(),
-            "r2": R.r2_score(scores, target).item() if len(target) > 1 else float("nan")}, [], None
-
-
-def compute_metrics(task: str, outputs: Tensor, target: Tensor, labels: list[str], head) -> tuple[dict, list, Tensor | None]:
-    scores = head.scores(outputs)
-    if task == "classification":
-        return classification_metrics(scores, target, labels)
-    if task == "multilabel":
-        return multilabel_metrics(scores, target, labels)
-    return regression_metrics(scores, target)
+def compute_metrics(outputs: Tensor, target: Tensor, labels: list[str], head) -> tuple[dict, list, Tensor | None]:
+    """The head's task's metrics on its outputs (metrics, per-label rows, confusion matrix or None)."""
+    return head.task.metrics(head.scores(outputs), target, labels)
 
 
 def evaluate_dataset(model: MultimodalModel, dataset: TableDataset, config, labels: list[str],
@@ -114,18 +33,17 @@ def evaluate_dataset(model: MultimodalModel, dataset: TableDataset, config, labe
     """Metrics on `dataset`, plus the headline metric with each modality masked out."""
     if dataset.target is None:
         raise ValueError("evaluation needs labels")
-    task = config.task
     outputs = predict_outputs(model, dataset, config, device)
-    metrics, per_class, confusion = compute_metrics(task, outputs, dataset.target, labels, model.head)
-    headline = HEADLINE[task]
+    metrics, per_class, confusion = compute_metrics(outputs, dataset.target, labels, model.head)
+    headline = model.head.task.headline
     contribution = {"all": metrics[headline]}
     if len(dataset.columns) > 1:
         for modality in dataset.columns:
             masked = predict_outputs(model, without(dataset, modality), config, device)
-            contribution[f"without_{modality}"] = compute_metrics(task, masked, dataset.target, labels, model.head)[0][headline]
+            contribution[f"without_{modality}"] = compute_metrics(masked, dataset.target, labels, model.head)[0][headline]
     return {"metrics": metrics, "per_class": per_class, "confusion": confusion,
             "modality_contribution": contribution, "rows": len(dataset), "headline": headline,
-            "predicted": outputs.argmax(-1).tolist() if task == "classification" else None}
+            "predicted": [answer for answer, _ in model.head.task.answers(model.head.scores(outputs), labels, 0)]}
 
 
 def inputs_name(key: str, modalities: list[str]) -> str:

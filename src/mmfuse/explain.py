@@ -45,7 +45,9 @@ class Explanation:
 
 def explain_row(predictor, row: dict[str, Any]) -> Explanation:
     """`row`: {modality: value} for one input (absent modalities left out)."""
-    if predictor.config.task != "classification":
+    from .tasks import create_task
+
+    if not create_task(predictor.config.task).explainable:
         raise ValueError("explain covers classification models (the predicted class is what is explained)")
     if predictor.config.privacy.mask_pii:  # explained as the model reads it: personal data masked
         masker = predictor._pii_masker()

@@ -15,6 +15,7 @@ from .fusion import Fusion, create_fusion
 from .heads import TaskHead, create_head
 from .heads.alignment import AuxiliaryAlignment
 from .modalities import MODALITIES
+from .tasks import create_task
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def build_model(config: Config, num_labels: int, encoders: dict[str, Encoder] | 
     encoders = encoders or build_encoders(config)
     fusion = create_fusion(config.fusion.name, in_dims={m: e.out_dim for m, e in encoders.items()},
                            dim=config.fusion.dim, dropout=config.fusion.dropout, **config.fusion.options)
-    head = create_head(in_dim=fusion.out_dim, num_labels=num_labels, task=config.task,
+    head = create_head(in_dim=fusion.out_dim, num_labels=num_labels, task=create_task(config.task),
                        hidden=config.head.hidden, dropout=config.head.dropout,
                        linear=getattr(fusion, "wants_linear_head", False))
     alignment = None

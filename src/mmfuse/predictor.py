@@ -21,6 +21,7 @@ from .errors import ConfigError, DataError, MmfuseError
 from .modalities import MODALITIES
 from .inference import predict_outputs
 from .robustness import LEVELS, NOISES, perturbation
+from .tasks import Task, create_task
 from .model import MultimodalModel, build_encoders, build_model
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class Predictor:
         if isinstance(data, list):
             data = records_frame(data, bound)
         # Only a configured label set (data.labels) makes other labels bad rows; a label the model
-        # never saw is kept, and counts as an error (dataset.encode_targets), as in training.
+        # never saw is kept, and counts as an error (Task.encode), as in training.
         # rebind: a trained model's tables (predict, evaluate) may name their columns per call.
         manifest = self._noted(load_manifest(data, bound, task=self.config.task, modalities=self.config.modalities(),
                                              require_label=labelled, rebind=self.model is not None))
@@ -118,10 +119,9 @@ class Predictor:
 
     def _pii_masker(self):
         if self.pii_masker is None:
-            from .privacy import PiiMasker
+            from .privacy import masker_for
 
-            privacy = self.config.privacy
-            self.pii_masker = PiiMasker(privacy.kinds, privacy.phone_regions)
+            self.pii_masker = masker_for(self.config.privacy)
         return self.pii_masker
 
     def _masked(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -151,6 +151,11 @@ class Predictor:
                              pooled_only=set(self.model.encoders) - self.model.fusion.token_modalities())
 
     @property
+    def task(self) -> Task:
+        """What the model predicts (mmfuse.tasks): config.task's registered Task."""
+        return create_task(self.config.task)
+
+    @property
     def device(self) -> str:
         wants_gpu = self.config.train.accelerator in ("auto", "gpu", "cuda")
         return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
@@ -170,8 +175,8 @@ class Predictor:
         self._val_frame = val_frame  # reported after training when there is no test split
         if len(train_frame) == 0:
             raise MmfuseError("no good training rows left (see the bad rows reported above)")
-        if not self.labels and self.config.task != "regression":
-            self.labels = infer_labels(train_frame, self.config.task)
+        if not self.labels:
+            self.labels = self.task.label_set(train_frame["label"])
         # Seed before building: the initial weights are part of what a seed must reproduce.
         torch.manual_seed(self.config.train.seed)
         encoders = build_encoders(self.config)
@@ -205,11 +210,10 @@ class Predictor:
         if report_dir is not None:
             path = write_report(result, report_dir, title=title, labels=self.labels,
                                 modality_dropout=self.config.train.modality_dropout)
-            if self.config.task == "classification" and self.config.report.gallery:
+            if self.task.explainable and self.config.report.gallery:
                 from .gallery import gallery_lines
 
-                predicted = [self.labels[i] for i in result["predicted"]]
-                lines = gallery_lines(self, frame, predicted, path.parent, self.config.report.gallery)
+                lines = gallery_lines(self, frame, result["predicted"], path.parent, self.config.report.gallery)
                 with path.open("a") as report:
                     report.write("\n".join(lines) + "\n")
         self.metrics = {"metrics": result["metrics"], "modality_contribution": result["modality_contribution"],
@@ -229,18 +233,18 @@ class Predictor:
 
         Rows: modality, noise, level, metric; level 0 is the clean input.
         """
-        from .evaluate import HEADLINE, compute_metrics
+        from .evaluate import compute_metrics
 
         self._need_model()
         frame = self.read(data) if data is not None else self._default_test()
-        headline = HEADLINE[self.config.task]
+        headline = self.task.headline
         rows = []
         for modality in self.model.modalities:
             for noise in NOISES.get(modality, {}):
                 for level in levels:
                     dataset = self._dataset(frame, perturb={modality: perturbation(modality, noise, level, seed)})
                     outputs = predict_outputs(self.model, dataset, self.config, self.device)
-                    metrics = compute_metrics(self.config.task, outputs, dataset.target, self.labels, self.model.head)[0]
+                    metrics = compute_metrics(outputs, dataset.target, self.labels, self.model.head)[0]
                     rows.append({"modality": modality, "noise": noise, "level": level, headline: metrics[headline]})
         return pd.DataFrame(rows)
 
@@ -264,19 +268,11 @@ class Predictor:
         if frame.empty:
             return pd.DataFrame({"row": pd.Series(dtype="int64"), "prediction": pd.Series(dtype="object")})
         frame, scores = self.predict_scores(frame)
-        out = pd.DataFrame({"row": frame["row"].to_numpy()})
-        if self.config.task == "regression":
-            out["prediction"] = scores.numpy()
-            return out
-        if self.config.task == "multilabel":
-            out["prediction"] = ["|".join(self.labels[i] for i in torch.nonzero(s > 0.5).flatten().tolist())
-                                 for s in scores]
-        else:
-            out["prediction"] = [self.labels[i] for i in scores.argmax(-1).tolist()]
-        top = scores.topk(min(top_k, scores.shape[1]), dim=-1)
-        for k in range(top.indices.shape[1]):
-            out[f"top{k + 1}"] = [self.labels[i] for i in top.indices[:, k].tolist()]
-            out[f"top{k + 1}_score"] = top.values[:, k].numpy()
+        answers = self.task.answers(scores, self.labels, top_k)
+        out = pd.DataFrame({"row": frame["row"].to_numpy(), "prediction": [answer for answer, _ in answers]})
+        for k in range(min((len(top) for _, top in answers), default=0)):
+            out[f"top{k + 1}"] = [top[k][0] for _, top in answers]
+            out[f"top{k + 1}_score"] = [top[k][1] for _, top in answers]
         return out
 
     def modality_weights(self) -> dict[str, float] | None:
@@ -318,8 +314,3 @@ def records_frame(records: list[dict[str, Any]], data: DataConfig) -> pd.DataFra
                         f"rename the key, or name it for this call: columns={{'{lacking}': {unknown[0]!r}}}")
     return frame.reindex(columns=[*frame.columns, *(c for c in inputs if c not in frame.columns)])
 
-
-def infer_labels(frame: pd.DataFrame, task: str) -> list[str]:
-    if task == "multilabel":
-        return sorted({tag for tags in frame["label"] for tag in tags})
-    return sorted(set(frame["label"]))

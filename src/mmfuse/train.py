@@ -30,10 +30,6 @@ from .model import MultimodalModel
 
 log = logging.getLogger(__name__)
 
-# Which validation number picks the best checkpoint, per task (name, mode).
-MONITOR = {"classification": ("val_acc", "max"), "multilabel": ("val_f1", "max"), "regression": ("val_mse", "min")}
-
-
 def frozen_prefixes(model: MultimodalModel) -> list[str]:
     """Encoders left out of checkpoints: frozen pretrained ones, which loading rebuilds."""
     return [f"model.encoders.{m}." for m, e in model.encoders.items() if e.rebuilt_on_load]
@@ -45,10 +41,13 @@ class FusionTask(L.LightningModule):
         self.model = model
         self.config = config
         self.steps_per_epoch = steps_per_epoch
-        self.monitor, self.mode = MONITOR[config.task]
+        task = model.head.task
+        self.monitor, self.mode = task.monitor, task.monitor_mode
+        # A torchmetrics Metric: its state is reduced over DDP processes, so the monitored value is
+        # that of the whole validation split (its state is not saved in checkpoints).
+        self.val_metric = task.val_metric(model.head.out_dim)
         # Frozen pretrained encoders are rebuilt from their source, not stored in checkpoints.
         self.strict_loading = False
-        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def on_train_epoch_start(self) -> None:
         # Frozen encoders stay in eval mode (BatchNorm statistics, no dropout).
@@ -77,15 +76,8 @@ class FusionTask(L.LightningModule):
     def validation_step(self, batch: Batch, _: int) -> None:
         output = self.model(batch)
         self.log("val_loss", self.model.head.loss(output, batch.target), batch_size=batch.size, sync_dist=True)
-        self._val.append((output.detach().float().cpu(), batch.target.cpu()))
-
-    def on_validation_epoch_end(self) -> None:
-        if not self._val:
-            return
-        output = torch.cat([o for o, _ in self._val])
-        target = torch.cat([t for _, t in self._val])
-        self._val.clear()
-        self.log(self.monitor, validation_score(self.config.task, output, target), prog_bar=True, sync_dist=True)
+        self.val_metric.update(self.model.head.scores(output.detach().float()), batch.target)
+        self.log(self.monitor, self.val_metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch.size)
 
     def configure_optimizers(self) -> Any:
         cfg = self.config.train
@@ -144,17 +136,6 @@ class EpochSummary(Callback):
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         log.info("epoch %d/%d  %s  (%.1f s)", trainer.current_epoch + 1, trainer.max_epochs, shown,
                  time.perf_counter() - self.start)
-
-
-def validation_score(task: str, output: torch.Tensor, target: torch.Tensor) -> float:
-    if task == "classification":
-        return (output.argmax(-1) == target).float().mean().item()
-    if task == "multilabel":
-        from torchmetrics.functional.classification import multilabel_f1_score
-
-        return multilabel_f1_score(output.sigmoid(), target.long(), num_labels=target.shape[1],
-                                   average="micro").item()
-    return torch.mean((output - target) ** 2).item()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -273,7 +254,7 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
     output_dir = Path(output_dir)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     has_val = val is not None and len(val) > 0
-    monitor, mode = MONITOR[config.task]
+    monitor, mode = model.head.task.monitor, model.head.task.monitor_mode
     # Two checkpoints: the best by the validation metric, and the latest epoch (for --resume).
     # Lightning's save_last only writes when a best checkpoint is written, so "last" is its own callback.
     checkpoint = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="best",

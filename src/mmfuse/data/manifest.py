@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import re
 from collections import Counter
@@ -21,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import DataConfig
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, LabelProblem, quote_list
 from ..modalities import MODALITIES, Decoded, group_modality
 from ..modalities.base import is_missing
 from .datasets import builtin_columns, builtin_names, load_builtin
@@ -30,7 +29,6 @@ from .media import MediaError
 __all__ = ["BadRow", "DecodedImage", "Manifest", "carve", "group_keys", "load_manifest", "read_table", "split_manifest",
            "SPLIT_NAMES"]
 
-TASKS = ("classification", "multilabel", "regression")
 STRICT_LIST_LIMIT = 50
 
 # Accepted spellings of a split value (lower-cased) -> the canonical name.
@@ -79,7 +77,7 @@ class Manifest:
 DecodedImage = Decoded
 
 
-class _RowProblem(Exception):
+class _RowProblem(LabelProblem):
     """One cell's problem; becomes a BadRow."""
 
 
@@ -231,56 +229,6 @@ def _first_bad_byte(raw: bytes, start: int, end: int, value: str) -> tuple[int, 
 
 # ----- cell parsing ---------------------------------------------------------------------------
 
-def _label_text(value: Any) -> str:
-    # A label read from JSON / Parquet may be a number; an integer-valued float (a column that
-    # became float because of one missing cell) must still read "3", not "3.0".
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        value = int(value)
-    return str(value).strip()
-
-
-def _quote_list(values: list[str], limit: int = 5) -> str:
-    shown = ", ".join(repr(v) for v in values[:limit])
-    return shown + (f", … ({len(values) - limit} more)" if len(values) > limit else "")
-
-
-def _parse_label(value: Any, task: str, allowed: set[str] | None, separator: str) -> Any:
-    if is_missing(value):
-        raise _RowProblem("missing label")
-    if task == "regression":
-        if isinstance(value, (list, tuple, np.ndarray)):
-            raise _RowProblem(f"non-numeric regression target: {value!r}")
-        try:
-            number = float(value.strip() if isinstance(value, str) else value)
-        except (TypeError, ValueError):
-            if isinstance(value, str) and not value.strip():
-                raise _RowProblem("missing label") from None
-            raise _RowProblem(f"non-numeric regression target: {value!r}") from None
-        if not math.isfinite(number):
-            raise _RowProblem(f"non-finite regression target: {value!r}")
-        return number
-    if task == "multilabel":
-        if isinstance(value, (list, tuple, np.ndarray)):  # JSON / Parquet lists need no splitting
-            items = [_label_text(v) for v in value if not is_missing(v)]
-        else:
-            items = [_label_text(v) for v in str(value).split(separator)]
-        items = list(dict.fromkeys(v for v in items if v))  # drop blanks and repeats, keep order
-        if not items:
-            raise _RowProblem("missing label")
-        unknown = [v for v in items if allowed is not None and v not in allowed]
-        if unknown:
-            raise _RowProblem(f"label not in the label set: {_quote_list(unknown)}")
-        return items
-    if isinstance(value, (list, tuple, np.ndarray)):
-        raise _RowProblem(f"expected one label, got a list: {list(value)!r}")
-    label = _label_text(value)
-    if not label:
-        raise _RowProblem("missing label")
-    if allowed is not None and label not in allowed:
-        raise _RowProblem(f"label not in the label set: {label!r}")
-    return label
-
-
 def _parse_split(value: Any) -> str | None:
     if is_missing(value) or not str(value).strip():
         return None
@@ -309,7 +257,7 @@ def _check_columns(table: Table, wanted: dict[str, str], rebind: bool = False) -
     missing = [(role, column) for role, column in wanted.items() if column not in table.frame.columns]
     if missing:
         described = "; ".join(f"column {column!r} (data.columns.{role}) not found" for role, column in missing)
-        existing = _quote_list(table.header, limit=20) or "(none)"
+        existing = quote_list(table.header, limit=20) or "(none)"
         message = f"{table.name}: {described}; the table has {len(table.header)} columns: {existing}"
         if rebind:
             message += "".join(f"; {_rebind_hint(role)}" for role, _ in missing)
@@ -334,8 +282,9 @@ def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: 
     without a word (leave one out by binding it to None). `rebind`: a missing column's message
     says how to name it for one call (a table given to a trained model).
     """
-    if task not in TASKS:
-        raise ConfigError(f"task {task!r}: expected one of {', '.join(TASKS)}")
+    from ..tasks import create_task
+
+    spec = create_task(task)  # unknown: a ConfigError naming the known tasks
     unknown = [m for m in modalities if m not in MODALITIES]
     if unknown:
         raise ConfigError(f"unknown modalities {unknown}; expected some of {', '.join(MODALITIES)}")
@@ -367,7 +316,7 @@ def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: 
     n = len(table.frame)
     cells = {role: table.frame[column].tolist() for role, column in wanted.items()}
     allowed_list = labels if labels is not None else data.labels
-    allowed = {str(v) for v in allowed_list} if allowed_list is not None and task != "regression" else None
+    allowed = {str(v) for v in allowed_list} if allowed_list is not None and spec.per_label else None
 
     out: dict[str, list] = {key: [] for key in ("row", *MODALITIES, "label", "split")}
     bad: list[BadRow] = []
@@ -387,8 +336,10 @@ def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: 
             role = "label"
             if "label" in cells:
                 try:
-                    record["label"] = _parse_label(cells["label"][i], task, allowed, data.label_separator)
-                except _RowProblem:
+                    if is_missing(cells["label"][i]):
+                        raise _RowProblem("missing label")
+                    record["label"] = spec.parse_label(cells["label"][i], allowed, data.label_separator)
+                except LabelProblem:
                     if require_label:
                         raise
                     record["label"] = None
@@ -396,7 +347,7 @@ def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: 
                 record["label"] = None
             role = "split"
             record["split"] = _parse_split(cells["split"][i]) if "split" in cells else None
-        except (_RowProblem, MediaError) as error:
+        except (LabelProblem, MediaError) as error:
             bad.append(BadRow(name, i + 1, role, str(error), wanted.get(role)))
             continue
         if all(record[m] is None for m in used):
@@ -419,10 +370,7 @@ def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: 
             out[key].append(record[key])
 
     bad.sort(key=lambda b: b.row)
-    if task == "regression":
-        label_column = pd.Series(out["label"], dtype="float64" if require_label else "object")
-    else:
-        label_column = pd.Series(out["label"], dtype="object")
+    label_column = spec.label_column(out["label"], require_label)
     frame = pd.DataFrame({
         "row": pd.Series(out["row"], dtype="int64"),
         **{m: pd.Series(out[m], dtype="object") for m in MODALITIES},

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..evaluate import HEADLINE, compute_metrics, predict_outputs
+from ..evaluate import compute_metrics, predict_outputs
 
 REPORT_JSON, REPORT_MD = "export.json", "export.md"
 
@@ -32,9 +32,9 @@ def pytorch_outputs(predictor, dataset) -> Callable[[], Tensor]:
 def variant_line(variant: str, predictor, dataset, outputs: Tensor, seconds: float, *, size_bytes: int,
                  sparsity: float, reference: Tensor | None = None) -> dict[str, Any]:
     """One report line. `reference`: the scores of the PyTorch weights this variant was made from."""
-    task, head = predictor.config.task, predictor.model.head
-    headline = HEADLINE[task]
-    metrics = compute_metrics(task, outputs, dataset.target, predictor.labels, head)[0]
+    head = predictor.model.head
+    headline = head.task.headline
+    metrics = compute_metrics(outputs, dataset.target, predictor.labels, head)[0]
     scores = head.scores(outputs)
     diff = None if reference is None else float((scores - reference).abs().max())
     return {"variant": variant, "metric": headline, "value": metrics[headline], "rows": len(dataset),

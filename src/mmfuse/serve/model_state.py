@@ -35,4 +35,4 @@ class ModelState:
             self.after_load()
         self.status = "ready"
         log.info("model ready in %.1f s (%s, %d labels)", time.perf_counter() - started,
-                 self.runner.task, len(self.runner.labels))
+                 self.runner.task.name, len(self.runner.labels))

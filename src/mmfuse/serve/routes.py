@@ -122,7 +122,7 @@ def info(request: Request) -> Info:
                                  formats=list(MODALITIES[name].formats),
                                  limits={k: v for k, v in limits.items() if k in MODALITIES[name].limits})
               for name in runner.modalities}
-    return Info(task=runner.task, labels=runner.labels, modalities=runner.modalities, inputs=inputs,
+    return Info(task=runner.task.name, labels=runner.labels, modalities=runner.modalities, inputs=inputs,
                 search=request.app.state.search is not None, auth=settings.token is not None,
                 max_rows=settings.max_rows, explain=runner.explains, max_explain_rows=settings.max_explain_rows,
                 max_body_bytes=settings.max_body_bytes,
@@ -156,7 +156,8 @@ def _limits(request: Request, runner: ModelRunner) -> dict:
     if cached is None or cached[0] is not runner:  # once per model (the settings do not change)
         settings = request.app.state.settings
         cached = request.app.state.input_limits = (runner, {**settings.limits(), **runner.encoder_options,
-                                                            "mask_pii": settings.mask_pii or runner.masks_pii})
+                                                            "mask_pii": settings.mask_pii or runner.masks_pii,
+                                                            "privacy": runner.predictor.config.privacy})
     return cached[1]
 
 
@@ -281,21 +282,12 @@ def _explained(rows: list[ModelRow], explain: bool) -> tuple[list[ModelRow], lis
 
 
 def _prediction(runner: ModelRunner, result: RowResult, top_k: int) -> Prediction:
-    scores = result.scores
-    if runner.task == "regression":
-        return Prediction(prediction=float(scores[0]), top=[])
-    top = scores.topk(min(top_k, scores.numel()))
-    labels = runner.labels
-    if runner.task == "multilabel":
-        prediction = "|".join(labels[i] for i in (scores > 0.5).nonzero().flatten().tolist())
-    else:
-        prediction = labels[int(scores.argmax())]
-    return Prediction(prediction=prediction, top=[LabelScore(label=labels[i], score=float(s))
-                                                  for s, i in zip(top.values.tolist(), top.indices.tolist())])
+    [(prediction, top)] = runner.task.answers(result.scores[None], runner.labels, top_k)
+    return Prediction(prediction=prediction, top=[LabelScore(label=label, score=score) for label, score in top])
 
 
 def _contribution(runner: ModelRunner, full: RowResult, without: dict[str, RowResult]) -> Contribution | None:
-    if runner.task == "regression" or any(result.scores is None for result in without.values()):
+    if not runner.task.per_label or any(result.scores is None for result in without.values()):
         return None
     best = int(full.scores.argmax())
     return Contribution(label=runner.labels[best], score=float(full.scores[best]),

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ..data.media import MediaError
 from ..modalities import MODALITIES
+from ..tasks import create_task
 from .errors import invalid
 from .explanations import explain
 from .feature_lru import FeatureLRU
@@ -50,7 +51,7 @@ class ModelRunner:
         # encoders' features in memory instead of re-encoding them in every batch.
         predictor.small_request_cache = FeatureLRU()
         config = predictor.config
-        self.task = config.task
+        self.task = create_task(config.task)
         self.labels = list(predictor.labels)
         self.modalities = list(config.modalities())
         # A model trained on masked texts saw placeholders ([EMAIL]) where values were: so must its requests.
@@ -76,7 +77,7 @@ class ModelRunner:
             predictor.model.eval().to(self.device)  # a served model never trains: once, not per batch
             self.model = inference_model(predictor.model)
         # mmfuse.explain explains a class with the torch model's gradients.
-        self.explains = self.direct and self.task == "classification"
+        self.explains = self.direct and self.task.explainable
 
     def __call__(self, rows: list[ModelRow]) -> list[RowResult]:
         results = self._direct(rows) if self.direct else self._via_predict_scores(rows)
