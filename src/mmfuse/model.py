@@ -38,12 +38,33 @@ class FeatureScaler(nn.Module):
         return Features(scale(feats.pooled), scale(feats.tokens), feats.mask, feats.present)
 
 
+class FeatureAugment(nn.Module):
+    """Training only: dropout and Gaussian noise on a modality's features (encoders.<m>.feature_dropout,
+    feature_noise); the identity in eval mode. No weights: saved models are unchanged."""
+
+    def __init__(self, dropout: float, noise: float):
+        super().__init__()
+        self.dropout, self.noise = dropout, noise
+
+    def forward(self, feats: Features) -> Features:
+        if not self.training:
+            return feats
+        def augment(x):  # noqa: E306
+            if x is None:
+                return None
+            x = nn.functional.dropout(x, self.dropout) if self.dropout else x
+            return x + self.noise * torch.randn_like(x) if self.noise else x
+        return Features(augment(feats.pooled), augment(feats.tokens), feats.mask, feats.present)
+
+
 class MultimodalModel(nn.Module):
     def __init__(self, encoders: dict[str, Encoder], fusion: Fusion, head: TaskHead,
-                 alignment: AuxiliaryAlignment | None = None, standardize: list[str] = ()):
+                 alignment: AuxiliaryAlignment | None = None, standardize: list[str] = (),
+                 augment: dict[str, tuple[float, float]] | None = None):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.scalers = nn.ModuleDict({m: FeatureScaler(encoders[m].out_dim) for m in standardize})
+        self.augment = nn.ModuleDict({m: FeatureAugment(*rates) for m, rates in (augment or {}).items()})
         self.fusion = fusion
         self.head = head
         self.alignment = alignment  # an auxiliary training loss only (train.alignment)
@@ -67,8 +88,10 @@ class MultimodalModel(nn.Module):
         return self.scale(feats)
 
     def scale(self, feats: dict[str, Features]) -> dict[str, Features]:
-        """Standardised features for the modalities configured so (encoders.<m>.standardize)."""
-        return {m: self.scalers[m](f) if m in self.scalers else f for m, f in feats.items()}
+        """Standardised features for the modalities configured so (encoders.<m>.standardize), and in
+        training augmented (feature_dropout, feature_noise)."""
+        scaled = {m: self.scalers[m](f) if m in self.scalers else f for m, f in feats.items()}
+        return {m: self.augment[m](f) if m in self.augment else f for m, f in scaled.items()}
 
     def fit_scalers(self, dataset) -> None:
         """Per-dimension statistics of the frozen features of `dataset`'s unique inputs."""
@@ -111,5 +134,8 @@ def build_model(config: Config, num_labels: int, encoders: dict[str, Encoder] | 
     if config.train.alignment:
         alignment = AuxiliaryAlignment(dims={m: e.out_dim for m, e in encoders.items()},
                                        weights=config.train.alignment, dim=config.train.alignment_dim)
-    standardize = [m for m in encoders if getattr(config.encoders, m).standardize]
-    return MultimodalModel(encoders, fusion, head, alignment, standardize)
+    specs = {m: getattr(config.encoders, m) for m in encoders}
+    standardize = [m for m, spec in specs.items() if spec.standardize]
+    augment = {m: (spec.feature_dropout, spec.feature_noise) for m, spec in specs.items()
+               if spec.feature_dropout or spec.feature_noise}
+    return MultimodalModel(encoders, fusion, head, alignment, standardize, augment)
