@@ -57,6 +57,9 @@ NOT_RUN = {
                  "set (48k synthesised clips, Whisper features): hours on a CPU; its figures are in "
                  "docs/benchmarks.md. Synthesising that set is tested on a tiny one in tests/test_spoken.py, "
                  "and training and predicting on image + speech run here (`mmfuse train configs/easy_vqa_spoken.yaml`)",
+    "mmfuse tune configs/shape_scenes.yaml --trials 20": "20 trainings of 20 epochs on the generated shape_scenes "
+                 "set, which has no tiny table here; tests/test_tune.py runs 3-trial tunes of the tiny encoders "
+                 "(the study, best.yaml trained as it is, report.md, resuming, pruning, a wrong field)",
 }
 
 # Lines run with cheaper arguments than written: the line -> (what runs instead, why and what covers the rest).
@@ -301,8 +304,10 @@ def tiny_version(raw: dict[str, Any], tables: dict[str, str]) -> dict[str, Any]:
 def workspace(tmp_path, monkeypatch) -> Path:
     shutil.copytree(EXAMPLES, tmp_path / "examples")
     tables = write_tiny_tables(tmp_path / "data")
+    # The configs the README's lines name, less those only lines that are not run name.
     named = sorted({name for block in readme_blocks() if block.language != "yaml"
-                    for name in re.findall(r"\bconfigs/[\w.-]+\.yaml", block.text)})
+                    for line in block.text.splitlines() if line.split("#")[0].strip() not in NOT_RUN
+                    for name in re.findall(r"\bconfigs/[\w.-]+\.yaml", line)})
     assert named, "the README's commands name no config"
     (tmp_path / "configs").mkdir()
     for name in named:

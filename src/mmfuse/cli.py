@@ -121,6 +121,29 @@ def compare(
 
 
 @app.command()
+def tune(
+    config: Path = typer.Argument(..., help="YAML config with a tune: section (see configs/shape_scenes.yaml)."),
+    trials: Optional[int] = typer.Option(None, min=1, help="Finished trials the study ends with (default: "
+                                         "tune.trials); run again, it resumes up to this many."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    output: Optional[Path] = typer.Option(None, help="Run directory (default: output_dir from the config)."),
+) -> None:
+    """Search the config's tune.space with Optuna, pruning weak trials: RUN/tune holds the study, best.yaml, report.md."""
+    from .config import load_config
+
+    cfg = load_config(config, list(set_) + ([f"output_dir={output}"] if output else []))
+    from .tune import run_tune
+    from .tune.report import markdown_table
+
+    result = run_tune(cfg, trials, echo=typer.echo)
+    typer.echo("\n" + markdown_table(result["trials"]) + "\n")
+    if result["best"] is not None:
+        typer.echo(f"best: trial {result['best'].number}; its config: {result['best_config']} "
+                   f"(mmfuse train {result['best_config']})")
+    typer.echo(f"study: {result['storage']} (run again to resume); report: {result['report']}")
+
+
+@app.command()
 def evaluate(
     model: Path = typer.Argument(..., help="A model directory written by train / Predictor.save."),
     split: str = typer.Option("test", help="Split of the configured data to evaluate: train, val or test."),
@@ -549,7 +572,8 @@ def main() -> None:
 # Packages of the optional extras (pyproject.toml) -> the extra that installs them.
 OPTIONAL_PACKAGES = {"faiss": "search", "open_clip": "search", "fastapi": "serve", "uvicorn": "serve",
                      "multipart": "serve", "prometheus_client": "serve", "httpx": "serve",
-                     "onnx": "export", "onnxscript": "export", "onnxruntime": "export"}
+                     "onnx": "export", "onnxscript": "export", "onnxruntime": "export",
+                     "optuna": "tune", "optuna_integration": "tune"}
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, ValidationInfo, create_model, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
 from .errors import ConfigError
 from .privacy import DEFAULT_REGIONS, KINDS
@@ -199,6 +199,64 @@ class ReportConfig(Section):
     gallery: int = Field(4, ge=0)
 
 
+class ParamSpec(Section):
+    """One searched field of `tune.space`: a range (low, high; log or step) or a list of choices.
+    A range of whole numbers (low, high and step ints) searches integers, any other one floats."""
+
+    low: int | float | None = None
+    high: int | float | None = None
+    step: int | float | None = Field(None, gt=0)
+    log: bool = False
+    # Optuna stores a choice as it is: only scalars (a list or mapping has no stable order to sample).
+    choices: list[bool | int | float | str | None] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> "ParamSpec":
+        if (self.choices is None) == (self.low is None or self.high is None):
+            raise ValueError("give either low and high (a range) or choices (a list)")
+        if self.choices is None and self.low > self.high:
+            raise ValueError(f"low {self.low} is above high {self.high}")
+        if self.log and (self.step is not None or self.choices is not None or self.low <= 0):
+            raise ValueError("log needs a range with low > 0 and no step")
+        return self
+
+    def is_int(self) -> bool:
+        return all(isinstance(v, int) for v in (self.low, self.high, self.step or 1))
+
+    def ends(self) -> list[Any]:
+        """The values that, set and validated, show the field and its range are valid."""
+        return list(self.choices) if self.choices is not None else [self.low, self.high]
+
+
+# What a trial may not change: the rows are read and split once for every trial (their validation
+# scores must be on the same rows to compare), and where things are written is the tuner's.
+UNTUNABLE = ("data", "privacy", "tune", "output_dir", "cache_dir")
+
+
+class TuneConfig(Section):
+    """`mmfuse tune`: a hyper-parameter search over dotted config fields (as `--set` names them)."""
+
+    # {train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}, fusion.name: {choices: [film, concat]}}
+    space: dict[str, ParamSpec] = {}
+    trials: int = Field(20, gt=0)  # finished trials (complete or pruned) the study ends with
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = 0  # the sampler's
+    pruner: Literal["median", "none"] = "median"
+    # Epochs every trial trains before the median pruner may stop it (a one-cycle warm-up makes a
+    # high learning rate look bad early).
+    warmup_epochs: int = Field(2, ge=0)
+    timeout_s: float | None = Field(None, gt=0)  # no new trial starts after this (one invocation)
+
+    @field_validator("space")
+    @classmethod
+    def _tunable(cls, space: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        for key in space:
+            if key.split(".")[0] in UNTUNABLE:
+                raise ValueError(f"{key}: {', '.join(UNTUNABLE)} are fixed across trials (the same rows "
+                                 "are read once and every trial is scored on the same validation split)")
+        return space
+
+
 class Config(Section):
     task: str = "classification"  # a registered task (mmfuse.tasks), checked by check_names
     data: DataConfig = DataConfig()
@@ -210,6 +268,7 @@ class Config(Section):
     align: AlignConfig | None = None
     privacy: PrivacyConfig = PrivacyConfig()
     report: ReportConfig = ReportConfig()
+    tune: TuneConfig = TuneConfig()
     # The run directory. Unset: runs/<the config file's name>, or runs/<the data's name> for a
     # config given as a dict (a shared default would overwrite one config's model with another's).
     output_dir: str | None = None

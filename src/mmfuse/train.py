@@ -301,7 +301,8 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
     if best:
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         task.load_state_dict(state, strict=False)
-    score = checkpoint.best_model_score
+    score, last = checkpoint.best_model_score, trainer.callback_metrics.get(monitor)
     return {"train_seconds": seconds, "epochs": trainer.current_epoch, "best_checkpoint": best,
             "last_checkpoint": latest.best_model_path, "tensorboard": logger.log_dir,
-            f"best_{monitor}": None if score is None else float(score)}
+            f"best_{monitor}": None if score is None else float(score),
+            f"last_{monitor}": None if last is None else float(last)}
