@@ -59,3 +59,16 @@ def test_a_batch_where_nobody_has_the_modality():
     column = ModalityColumn(index=torch.tensor([-1, -1]), values=[])
     part = TableDataset({"image": column}, None, np.arange(2))[[0, 1]].modalities["image"]
     assert part.features is None and part.prepared is None and not part.present.any()
+
+
+def test_every_rank_takes_the_same_training_steps_and_validation_rows_once():
+    groups = np.arange(7)  # batches of 3, 3 and 1 groups: rank 1 has no group of the last one
+    train = [GroupBatchSampler(groups, 3, shuffle=True, rank=r, world=2) for r in range(2)]
+    assert [len(s) for s in train] == [len(list(s)) for s in train] == [3, 3]  # equal steps: no DDP hang
+    assert {r for s in train for b in s for r in b} == set(range(7))
+    val = [GroupBatchSampler(groups, 3, shuffle=False, rank=r, world=2) for r in range(2)]
+    rows = [r for s in val for b in s for r in b]
+    assert sorted(rows) == list(range(7)) and [len(s) for s in val] == [len(list(s)) for s in val] == [3, 2]
+    # one process sees the same batches as the processes together: the steps do not depend on them
+    single = list(GroupBatchSampler(groups, 3, shuffle=True))
+    assert [sorted(a + b) for a, b in zip(*train)][:2] == [sorted(b) for b in single][:2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import shlex
 import sys
 import typing
@@ -79,6 +80,8 @@ def train(
                  "--resume", str(stop.checkpoint)]
         raise TrainingInterrupted(stop.checkpoint, stop.signum, f"; resume with: {shlex.join(again)}") from None
     fit = predictor.fit_summary
+    if fit.get("rank", 0) != 0:  # DDP: rank 0 evaluates and saves the model all processes trained
+        return
     kept = "last epoch" if cfg.train.keep == "last" else "best validation epoch"
     typer.echo(f"trained {fit['epochs']} epochs in {fit['train_seconds']:.1f} s; weights of the {kept}: "
                f"{fit['best_checkpoint']}")
@@ -552,8 +555,15 @@ def export(
     typer.echo(f"exported to {result['out']}")
 
 
+def launched_rank() -> int:
+    """This process's DDP rank as its launcher sets it (Lightning for its extra devices, torchrun,
+    SLURM); 0 outside DDP. Read before Lightning is imported (slow) to quiet the other ranks."""
+    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or os.environ.get("LOCAL_RANK") or 0)
+
+
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Under DDP every process runs the command: only rank 0 says what it reads and does.
+    logging.basicConfig(level=logging.INFO if launched_rank() == 0 else logging.WARNING, format="%(message)s")
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

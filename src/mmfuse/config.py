@@ -110,7 +110,14 @@ class TrainConfig(Section):
     seed: int = 0
     precision: str = "auto"  # auto: bf16-mixed on a GPU, 32 on a CPU
     accelerator: str = "auto"
-    devices: int | str = "auto"
+    devices: int | str = "auto"  # per machine; several: DDP, one process each (docs/distributed.md)
+    num_nodes: int = Field(1, gt=0)  # machines, each started by torchrun / srun / Ray
+    # auto: Lightning's choice (ddp: re-runs the command line once per extra device; torchrun and
+    # SLURM start the processes themselves); ddp_spawn / ddp_fork, or any Lightning strategy name.
+    strategy: str = "auto"
+    # Seconds a DDP process waits for the others at a collective before it fails with a message
+    # (a dead or stuck process would otherwise leave the rest waiting).
+    ddp_timeout_s: int = Field(600, gt=0)
     grad_clip: float | None = None  # max gradient norm
     # Modality dropout: per modality, the chance a training row loses it (masked as absent), so
     # the model learns to answer from what is left. A row never loses all its modalities.

@@ -288,6 +288,8 @@ class Predictor:
         from .artifact import save_artifact
 
         self._need_model()
+        if self.fit_summary.get("rank", 0) != 0:
+            return Path(directory)  # DDP: rank 0 saves the weights every process holds (one writer)
         return save_artifact(self, directory)
 
     @classmethod

@@ -12,6 +12,7 @@ import signal
 import time
 import warnings
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .atomic import write_atomic
@@ -132,6 +134,8 @@ class EpochSummary(Callback):
         self.start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, module) -> None:
+        if not trainer.is_global_zero:  # one line per epoch, not one per DDP process
+            return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train_loss", module.monitor)}
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         log.info("epoch %d/%d  %s  (%.1f s)", trainer.current_epoch + 1, trainer.max_epochs, shown,
@@ -247,6 +251,19 @@ def resolve_precision(config: Config) -> str:
     return "bf16-mixed" if torch.cuda.is_available() and config.train.accelerator != "cpu" else "32-true"
 
 
+def configure_ddp(strategy: Any, config: Config) -> None:
+    """DDP's settings that Lightning takes only from a strategy object, not from a strategy name
+    ("auto", "ddp"). Lightning picks the process group backend itself: gloo on a CPU, nccl on a GPU."""
+    if not isinstance(strategy, DDPStrategy):
+        return
+    # A dead or stuck process fails the others at their next collective instead of hanging them.
+    strategy._timeout = timedelta(seconds=config.train.ddp_timeout_s)
+
+
+class DistributedTimeout(MmfuseError):
+    """A DDP process waited train.ddp_timeout_s for the others."""
+
+
 def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | None, config: Config, *,
               output_dir: str | Path, resume: str | Path | None = None,
               callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
@@ -273,14 +290,17 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
     logger = tensorboard_logger(output_dir, config)
     trainer = L.Trainer(
         max_epochs=config.train.epochs, accelerator=config.train.accelerator, devices=config.train.devices,
+        num_nodes=config.train.num_nodes, strategy=config.train.strategy,
         precision=resolve_precision(config), gradient_clip_val=config.train.grad_clip, callbacks=extra,
         logger=logger, enable_progress_bar=config.train.progress_bar, enable_model_summary=False,
         use_distributed_sampler=False, num_sanity_val_steps=0, log_every_n_steps=10,
         default_root_dir=str(output_dir), plugins=[AtomicCheckpointIO()],
     )
+    configure_ddp(trainer.strategy, config)
     rank, world = trainer.global_rank, trainer.world_size
-    train_loader = make_loader(train, config, shuffle=True, rank=rank, world=world)
-    val_loader = make_loader(val, config, shuffle=False, rank=rank, world=world) if has_val else None
+    # Each process shards the batches by its own rank, read when it iterates (rank=None).
+    train_loader = make_loader(train, config, shuffle=True, rank=None, world=None)
+    val_loader = make_loader(val, config, shuffle=False, rank=None, world=None) if has_val else None
     # At least one logged step per epoch: a small table's curves would otherwise stay empty.
     trainer.log_every_n_steps = max(1, min(10, len(train_loader)))
     task = FusionTask(model, config, steps_per_epoch=len(train_loader))
@@ -295,6 +315,12 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
         if interrupt.signum is None:
             raise
         raise TrainingInterrupted(interrupt.path, interrupt.signum) from None
+    except RuntimeError as error:
+        if world > 1 and "timed out" in str(error).lower():
+            raise DistributedTimeout(
+                f"DDP process {rank} of {world} waited {config.train.ddp_timeout_s} s (train.ddp_timeout_s) for the "
+                f"others: one of them stopped or is stuck (see its output above); {brief(error)}") from None
+        raise
     seconds = time.perf_counter() - start
     use_best = has_val and checkpoint.best_model_path and config.train.keep == "best"
     best = checkpoint.best_model_path if use_best else latest.best_model_path
@@ -304,5 +330,7 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
     score, last = checkpoint.best_model_score, trainer.callback_metrics.get(monitor)
     return {"train_seconds": seconds, "epochs": trainer.current_epoch, "best_checkpoint": best,
             "last_checkpoint": latest.best_model_path, "tensorboard": logger.log_dir,
+            # DDP: every process ends here with the same weights; only rank 0 writes files after training.
+            "processes": world, "rank": rank,
             f"best_{monitor}": None if score is None else float(score),
             f"last_{monitor}": None if last is None else float(last)}

@@ -95,17 +95,31 @@ class GroupBatchSampler(Sampler[list[int]]):
     """Batches of `groups_per_batch` groups (images) with all their rows.
 
     The order depends only on (seed, epoch), so a resumed run sees the same batches as an
-    uninterrupted one. Under DDP each rank takes every world-th batch.
+    uninterrupted one. Under DDP `groups_per_batch` is the global batch: each rank takes every
+    world-th group of every batch, so the steps (and the schedule) do not depend on the number of
+    processes. Training batches (shuffle) are padded with a group of their own where a rank would
+    get none, as every rank must take the same number of steps (DDP waits for all of them at each
+    step: one extra step on one rank hangs the others); validation batches never repeat a row,
+    so the metric summed over ranks is that of the whole split.
     """
 
     def __init__(self, groups: np.ndarray, groups_per_batch: int, *, shuffle: bool, seed: int = 0,
-                 rank: int = 0, world: int = 1):
+                 rank: int | None = 0, world: int | None = 1):
         self.groups_per_batch = groups_per_batch
         self.shuffle, self.seed, self.rank, self.world = shuffle, seed, rank, world
         self.epoch = 0
         order = np.argsort(groups, kind="stable")
         ids, starts = np.unique(groups[order], return_index=True)
         self.members = np.split(order, starts[1:]) if len(order) else []
+
+    def shard(self) -> tuple[int, int]:
+        """rank, world; None: this process's, read when iterated (ddp_spawn / ddp_fork pickle or
+        fork the sampler before the workers know their rank)."""
+        if self.rank is not None:
+            return self.rank, self.world
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -117,25 +131,33 @@ class GroupBatchSampler(Sampler[list[int]]):
             order = rng.permutation(count)
         else:
             order = np.arange(count)
+        rank, world = self.shard()
         batches = []
         for first in range(0, count, self.groups_per_batch):
             picked = order[first : first + self.groups_per_batch]
-            batches.append(np.concatenate([self.members[g] for g in picked]).tolist())
-        return batches[self.rank :: self.world]
+            mine = picked[rank::world]
+            if not len(mine) and self.shuffle:
+                mine = picked[rank % len(picked) :][:1]
+            if len(mine):
+                batches.append(np.concatenate([self.members[g] for g in mine]).tolist())
+        return batches
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self._batches())
 
     def __len__(self) -> int:
-        total = -(-len(self.members) // self.groups_per_batch)
-        return len(range(self.rank, total, self.world))
+        full, last = divmod(len(self.members), self.groups_per_batch)
+        sizes = [self.groups_per_batch] * full + ([last] if last else [])
+        rank = self.shard()[0]
+        return sum(1 for size in sizes if self.shuffle or rank < size)
 
 
 def identity(batch: Batch) -> Batch:
     return batch
 
 
-def make_loader(dataset: TableDataset, config: Any, *, shuffle: bool, rank: int = 0, world: int = 1) -> DataLoader:
+def make_loader(dataset: TableDataset, config: Any, *, shuffle: bool, rank: int | None = 0,
+                world: int | None = 1) -> DataLoader:
     # batch_size counts groups: images when batching by image, else single rows (see build_dataset).
     sampler = GroupBatchSampler(dataset.groups, config.train.batch_size, shuffle=shuffle, seed=config.train.seed,
                                 rank=rank, world=world)
