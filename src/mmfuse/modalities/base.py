@@ -54,8 +54,8 @@ class EncoderSpec(Section):
     standardize: bool = False
     # Training only, on the features a frozen encoder gives (cached: the same every epoch, so a
     # fusion can learn each training input by heart): drop each dimension with this chance and add
-    # Gaussian noise of this scale (in standard deviations with standardize). Measured on spoken
-    # questions in voices never heard: 96.7% -> 99.8% of questions recognised with 0.5 and 0.5.
+    # Gaussian noise of this scale (in standard deviations with standardize). Measured on
+    # easy_vqa_spoken, voices never heard in training: 98.07% -> 99.73% accuracy with 0.5 and 0.5.
     feature_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     feature_noise: float = Field(0.0, ge=0.0)
     options: dict[str, Any] = {}
