@@ -138,6 +138,9 @@ def word_attributions(predictor, row: dict[str, Any], modality: str, target: int
     return word_occlusion(predictor, row, modality, target)
 
 
+IG_BATCH = 8  # interpolation steps per pass through the text encoder: bounds the memory it holds for gradients
+
+
 def integrated_gradients(predictor, row: dict[str, Any], modality: str, target: int,
                          steps: int = 32) -> list[tuple[str, float]]:
     from captum.attr import LayerIntegratedGradients  # only when explaining
@@ -160,7 +163,7 @@ def integrated_gradients(predictor, row: dict[str, Any], modality: str, target: 
         return log_odds(model.head(model.fusion(feats)), target)
 
     token_scores = LayerIntegratedGradients(log_scores, encoder.word_embeddings()).attribute(
-        ids, baselines=baseline, n_steps=steps, internal_batch_size=steps)[0].sum(-1)
+        ids, baselines=baseline, n_steps=steps, internal_batch_size=IG_BATCH)[0].sum(-1)
     return _per_word(text, spans, token_scores.tolist())
 
 
