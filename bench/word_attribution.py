@@ -60,8 +60,9 @@ def main() -> None:
     test = table[table["split"] == "test"].head(args.rows)
     kinds = ["yes/no, names a colour", "yes/no, names a shape", "yes/no, negated, names a colour",
              "yes/no, negated, names a shape", "what colour", "what shape"]
-    # per method and question type: [rows whose top word is the deciding word, ... or the negation, rows]
-    hits = {method: {kind: [0, 0, 0] for kind in kinds} for method in METHODS}
+    # per method and question type: [rows whose top word is the deciding word, ... or the negation,
+    # ... or any colour or shape word (a colour, a shape, "color", "shape"), rows]
+    hits = {method: {kind: [0, 0, 0, 0] for kind in kinds} for method in METHODS}
     seconds = dict.fromkeys(METHODS, 0.0)
     for image, question in zip(test["image"], test["question"]):
         row = {"image": image, "text": question}
@@ -75,18 +76,20 @@ def main() -> None:
             counts = hits[method][kind]
             counts[0] += top == decider
             counts[1] += top == decider or top in negation
-            counts[2] += 1
+            counts[2] += top in COLOURS | SHAPES | {"color", "shape"}
+            counts[3] += 1
     n = len(test)
     print(f"\n## Word attributions on {n} easy-VQA test questions\n")
-    print("Share of rows whose deciding word has the largest attribution (absolute value); in brackets,"
-          " counting the negation of a negated question as deciding too.\n")
+    print("Share of rows whose deciding word has the largest attribution (absolute value); then counting"
+          " the negation of a negated question as deciding too; then the share whose top word is any colour"
+          " or shape word (a colour, a shape, \"color\", \"shape\").\n")
     print("| question type | rows | " + " | ".join(METHODS) + " |")
     print("|---" * (len(METHODS) + 2) + "|")
     for kind in [*kinds, "all"]:
-        counts = {m: [sum(c[i] for c in by.values()) for i in range(3)] if kind == "all" else by[kind]
+        counts = {m: [sum(c[i] for c in by.values()) for i in range(4)] if kind == "all" else by[kind]
                   for m, by in hits.items()}
-        rows = next(iter(counts.values()))[2]
-        cells = [f"{c[0] / max(rows, 1):.3f} ({c[1] / max(rows, 1):.3f})" for c in counts.values()]
+        rows = next(iter(counts.values()))[3]
+        cells = [" / ".join(f"{c[i] / max(rows, 1):.3f}" for i in range(3)) for c in counts.values()]
         print(f"| {kind} | {rows} | " + " | ".join(cells) + " |")
     print("| ms per row | | " + " | ".join(f"{seconds[m] / n * 1000:.0f}" for m in METHODS) + " |")
     print(f"\n({args.model})")

@@ -368,7 +368,8 @@ def test_resuming_mid_epoch_logs_the_epoch_without_a_traceback(caplog):
     from mmfuse.train import EpochSummary
 
     summary = EpochSummary()
-    trainer = SimpleNamespace(callback_metrics={"train_loss": torch.tensor(0.5)}, current_epoch=0, max_epochs=2)
+    trainer = SimpleNamespace(callback_metrics={"train_loss": torch.tensor(0.5)}, current_epoch=0, max_epochs=2,
+                              is_global_zero=True)
     module = SimpleNamespace(monitor="val_acc")
     summary.on_train_start(trainer, module)  # the hooks of a resumed run, in Lightning's order
     with caplog.at_level("INFO", logger="mmfuse.train"):
