@@ -114,7 +114,7 @@ def test_served_texts_follow_the_models_privacy(names_pipeline, tmp_path):
     from mmfuse.serve.inputs import make_row
 
     privacy = PrivacyConfig(mask_pii=True, presidio=True, spacy_model=str(names_pipeline))
-    limits = {"max_text_chars": 10_000, "mask_pii": True, "privacy": privacy}
+    limits = {"max_text_chars": 10_000, "mask_pii": True, "masker": masker_for(privacy)}
     row = make_row({"text": "is Quinn Zabrowski red?"}, where="rows[0].", limits=limits, folder=tmp_path)
     assert row.values["text"] == "is [PERSON] red?"
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..data.media import MediaError
 from ..modalities import MODALITIES, Decoded, Modality
-from ..privacy import PiiMasker, masker_for
+from ..privacy import PiiMasker
 from .errors import ApiError, invalid
 
 # ASCII only, as the OpenAPI schema's pattern spells it (serve/openapi.py).
@@ -99,10 +99,9 @@ def make_row(values: dict[str, bytes | str], *, where: str, limits: dict[str, An
             else:
                 row.values[name] = check_string(modality, values[name], field, limits)
                 if limits.get("mask_pii"):  # before the model, the feature LRU, a log line or an error
-                    # As the model's texts were masked in training (limits["privacy"]: its privacy
-                    # section, Presidio included), else with the default recognizers.
-                    privacy = limits.get("privacy")
-                    masker = masker_for(privacy) if privacy is not None else PiiMasker()
+                    # With the model's masker (as its texts were masked in training, Presidio
+                    # included: limits["masker"], built once per model), else the default recognizers.
+                    masker = limits.get("masker") or PiiMasker()
                     row.values[name] = modality.mask_personal([row.values[name]], masker)[0]
     except ApiError:
         discard([row])  # files this row stored before one of its values was refused

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from ..modalities import MODALITIES, Modality
+from ..privacy import masker_for
 from .batcher import Closed, Overloaded
 from .bodies import StrictRoute
 from .errors import ApiError, invalid, unavailable
@@ -155,9 +156,10 @@ def _limits(request: Request, runner: ModelRunner) -> dict:
     cached = getattr(request.app.state, "input_limits", None)
     if cached is None or cached[0] is not runner:  # once per model (the settings do not change)
         settings = request.app.state.settings
+        mask = settings.mask_pii or runner.masks_pii
+        masker = masker_for(runner.predictor.config.privacy) if mask else None  # once per model, not per row
         cached = request.app.state.input_limits = (runner, {**settings.limits(), **runner.encoder_options,
-                                                            "mask_pii": settings.mask_pii or runner.masks_pii,
-                                                            "privacy": runner.predictor.config.privacy})
+                                                            "mask_pii": mask, "masker": masker})
     return cached[1]
 
 
