@@ -54,12 +54,14 @@ class FeatureCache:
 
     def features(self, encoder: Encoder, values: list[Any], load: Callable[[list[Any]], list[Any]],
                  batch_size: int = 64, device: str | torch.device = "cpu", variant: str | None = None,
-                 tokens: bool = True) -> Features:
+                 tokens: bool = True, encode: "EncodeFn | None" = None) -> Features:
         """Features for `values` (unique inputs), computing only the ones not on disk yet.
 
         `load` turns raw values (paths) into what `encoder.prepare` takes (decoded images).
         tokens=False reads the pooled vectors only (the fusion reads no tokens of this modality:
         a clip's 100+ frames would only cost memory and gather time).
+        `encode` computes the missing entries of one shard (default: `encode_inputs` in this
+        process); another backend (a pool of Ray actors) plugs in here and the storage stays ours.
         """
         start = time.perf_counter()
         keys = [content_hash(encoder.modality, v) for v in values]
@@ -70,7 +72,7 @@ class FeatureCache:
         computed = 0
         for first in range(0, len(missing), SHARD_ITEMS):
             chunk = missing[first : first + SHARD_ITEMS]
-            shard = self._compute(encoder, chunk, load, batch_size, device)
+            shard = self._compute(encoder, chunk, load, batch_size, device, encode or encode_inputs)
             path = folder / f"{uuid.uuid4().hex}.safetensors"
             save_file(shard, str(path.with_suffix(".tmp")))
             path.with_suffix(".tmp").rename(path)  # atomic: a shard is whole or absent
@@ -83,10 +85,11 @@ class FeatureCache:
         return feats
 
     @staticmethod
-    def _compute(encoder: Encoder, chunk: list[tuple[str, Any]], load, batch_size, device) -> dict[str, Tensor]:
+    def _compute(encoder: Encoder, chunk: list[tuple[str, Any]], load, batch_size, device,
+                 encode: "EncodeFn") -> dict[str, Tensor]:
         """One shard: `<key>/pooled` and, for token encoders, `<key>/tokens` (real tokens only)."""
         shard: dict[str, Tensor] = {}
-        for key, (pooled, tokens) in encode_inputs(encoder, chunk, load, batch_size, device).items():
+        for key, (pooled, tokens) in encode(encoder, chunk, load, batch_size, device).items():
             shard[f"{key}/pooled"] = pooled
             if tokens is not None:
                 shard[f"{key}/tokens"] = tokens
@@ -110,6 +113,9 @@ class FeatureCache:
 
 # One input's features as stored: its pooled vector, and its real tokens (None: no tokens).
 Entry = tuple[Tensor, Tensor | None]
+# (encoder, [(key, raw value)], load, batch_size, device) -> {key: Entry}: how missing inputs are encoded.
+EncodeFn = Callable[[Encoder, list[tuple[Hashable, Any]], Callable[[list[Any]], list[Any]], int, Any],
+                    dict[Hashable, Entry]]
 
 
 @torch.no_grad()
