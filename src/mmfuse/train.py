@@ -27,6 +27,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from .atomic import write_atomic
 from .config import Config
 from .data.batching import Batch, TableDataset, make_loader
+from .distributed_norm import to_global, to_plain
 from .errors import ArtifactError, MmfuseError, brief
 from .model import MultimodalModel
 
@@ -61,7 +62,9 @@ class FusionTask(L.LightningModule):
         # Dropout randomness depends only on (seed, epoch, step), not on how many random numbers
         # something else drew (a DataLoader draws one per iterator): a resumed run then repeats
         # an uninterrupted one exactly.
-        torch.manual_seed(hash((self.config.train.seed, self.current_epoch, batch_idx)) % 2**62)
+        step = (self.config.train.seed, self.current_epoch, batch_idx)
+        # Under DDP each process draws its own masks (the same seed would repeat one mask on every share).
+        torch.manual_seed(hash(step if self.trainer.world_size == 1 else (*step, self.global_rank)) % 2**62)
 
     def training_step(self, batch: Batch, _: int) -> torch.Tensor:
         if self.config.train.modality_dropout:
@@ -73,7 +76,17 @@ class FusionTask(L.LightningModule):
             self.log("align_loss", aligned, batch_size=batch.size)
             loss = loss + aligned
         self.log("train_loss", loss, prog_bar=True, batch_size=batch.size)
-        return loss
+        return self.share_of_global_mean(loss, batch.size)
+
+    def share_of_global_mean(self, loss: torch.Tensor, rows: int) -> torch.Tensor:
+        """Under DDP, weigh this process's mean loss by its share of the batch's rows: DDP averages
+        the processes' gradients with equal weights, and the shares differ (an image carries a
+        varying number of questions), so the gradient is then that of the whole batch's mean loss."""
+        world = self.trainer.world_size
+        if world == 1:
+            return loss
+        total = self.trainer.strategy.reduce(torch.tensor(float(rows), device=loss.device), reduce_op="sum")
+        return loss * (rows * world / total)
 
     def validation_step(self, batch: Batch, _: int) -> None:
         output = self.model(batch)
@@ -298,6 +311,8 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
     )
     configure_ddp(trainer.strategy, config)
     rank, world = trainer.global_rank, trainer.world_size
+    if world > 1:
+        to_global(model)  # BatchNorm over the whole batch, not each process's share (undone below)
     # Each process shards the batches by its own rank, read when it iterates (rank=None).
     train_loader = make_loader(train, config, shuffle=True, rank=None, world=None)
     val_loader = make_loader(val, config, shuffle=False, rank=None, world=None) if has_val else None
@@ -321,6 +336,8 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
                 f"DDP process {rank} of {world} waited {config.train.ddp_timeout_s} s (train.ddp_timeout_s) for the "
                 f"others: one of them stopped or is stuck (see its output above); {brief(error)}") from None
         raise
+    finally:
+        to_plain(model)
     seconds = time.perf_counter() - start
     use_best = has_val and checkpoint.best_model_path and config.train.keep == "best"
     best = checkpoint.best_model_path if use_best else latest.best_model_path
