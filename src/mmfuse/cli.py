@@ -22,6 +22,11 @@ data_app = typer.Typer(no_args_is_help=True, help="Look at a table before traini
 app.add_typer(data_app, name="data")
 
 SET_HELP = "Override a config field: --set fusion.name=concat (repeatable)."
+BACKEND_HELP = "Where the work runs: local (this machine, as always) or ray (docs/distributed.md)."
+ADDRESS_HELP = ("With --backend ray: a running Ray cluster's address (`ray start --head` prints it); default "
+                "$RAY_ADDRESS, else a local Ray started for this command and stopped after it.")
+CPUS_HELP = ("With --backend ray: CPUs (and torch threads) each cell or trial takes, as a Ray task (default 1). "
+             "Encoder actors take as many as this process's torch threads.")
 COLUMN_HELP = ("This table's column for an input or the label: --column text=question; "
                "--column text= goes without text (repeatable).")
 
@@ -113,14 +118,20 @@ def compare(
     folds: Optional[int] = typer.Option(None, help="K-fold over the train + val rows, grouped by image."),
     out: Optional[Path] = typer.Option(None, help="Results directory (default: OUTPUT_DIR/compare)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    backend: str = typer.Option("local", help=BACKEND_HELP + " On Ray, cells run as Ray tasks at once."),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    cpus_per_task: Optional[float] = typer.Option(None, help=CPUS_HELP),
 ) -> None:
     """Train each fusion × seed (× fold) in its own process; rank them by the test metric, with their cost."""
+    from .backends import check_backend, open_backend
     from .compare import parse_fusions, run_comparison, with_compare_settings
     from .config import load_config
 
+    check_backend(backend, address, cpus_per_task)
     cfg = with_compare_settings(load_config(config, list(set_)), list(set_))
-    run_comparison(cfg, parse_fusions(fusions), seeds, folds, out or Path(cfg.output_dir) / "compare",
-                   echo=typer.echo)
+    with open_backend(backend, address=address, cpus_per_task=cpus_per_task, echo=typer.echo) as runner:
+        run_comparison(cfg, parse_fusions(fusions), seeds, folds, out or Path(cfg.output_dir) / "compare",
+                       echo=typer.echo, backend=runner)
 
 
 @app.command()
@@ -130,15 +141,21 @@ def tune(
                                          "tune.trials); run again, it resumes up to this many."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     output: Optional[Path] = typer.Option(None, help="Run directory (default: output_dir from the config)."),
+    backend: str = typer.Option("local", help=BACKEND_HELP + " On Ray, trials run as Ray tasks at once."),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    cpus_per_task: Optional[float] = typer.Option(None, help=CPUS_HELP),
 ) -> None:
     """Search the config's tune.space with Optuna, pruning weak trials: RUN/tune holds the study, best.yaml, report.md."""
+    from .backends import check_backend, open_backend
     from .config import load_config
 
+    check_backend(backend, address, cpus_per_task)
     cfg = load_config(config, list(set_) + ([f"output_dir={output}"] if output else []))
     from .tune import run_tune
     from .tune.report import markdown_table
 
-    result = run_tune(cfg, trials, echo=typer.echo)
+    with open_backend(backend, address=address, cpus_per_task=cpus_per_task, echo=typer.echo) as runner:
+        result = run_tune(cfg, trials, echo=typer.echo, backend=runner)
     typer.echo("\n" + markdown_table(result["trials"]) + "\n")
     if result["best"] is not None:
         typer.echo(f"best: trial {result['best'].number}; its config: {result['best_config']} "
@@ -347,6 +364,43 @@ def data_check(
     typer.echo("rows with each modality: " + ", ".join(f"{m} {n}" for m, n in present.items()))
     if strict and manifest.bad_rows:
         raise typer.Exit(2)
+
+
+@data_app.command("features")
+def data_features(
+    config: Path = typer.Argument(..., help="YAML config: its table and its frozen encoders."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    backend: str = typer.Option("local", help=BACKEND_HELP + " On Ray, a pool of encoder actors (Ray Data), each "
+                                "with as many CPUs as this process's torch threads."),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+) -> None:
+    """Extract the frozen encoders' features of the config's table into the feature cache, once per
+    unique input, so that train / compare / tune find them there."""
+    import time
+
+    import pandas as pd
+
+    from .backends import check_backend, open_backend
+    from .compare import fill_cache
+    from .config import load_config
+    from .predictor import Predictor
+
+    check_backend(backend, address)
+    cfg = load_config(config, list(set_))
+    with open_backend(backend, address=address, echo=typer.echo) as runner:
+        frame = pd.concat(Predictor(cfg).splits().values(), ignore_index=True)
+        start = time.perf_counter()
+        with _quiet("mmfuse.dataset"):  # its per-modality lines: printed below, once
+            calls = fill_cache(cfg, frame, backend=runner)
+        seconds = time.perf_counter() - start
+    if not calls:
+        typer.echo("no frozen encoder in this config: nothing to cache (trainable encoders prepare their inputs "
+                   "in each run)")
+        return
+    for call in calls:
+        typer.echo(f"{call['modality']}: {call['computed']} computed, {call['reused']} reused from the cache, "
+                   f"{call['seconds']:.1f} s")
+    typer.echo(f"{len(frame)} rows in {seconds:.1f} s; cache: {cfg.cache_dir}")
 
 
 def serve(
@@ -583,7 +637,7 @@ def main() -> None:
 OPTIONAL_PACKAGES = {"faiss": "search", "open_clip": "search", "fastapi": "serve", "uvicorn": "serve",
                      "multipart": "serve", "prometheus_client": "serve", "httpx": "serve",
                      "onnx": "export", "onnxscript": "export", "onnxruntime": "export",
-                     "optuna": "tune", "optuna_integration": "tune"}
+                     "optuna": "tune", "optuna_integration": "tune", "ray": "ray"}
 
 
 if __name__ == "__main__":

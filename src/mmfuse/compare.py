@@ -7,7 +7,8 @@ writes `cells/<fusion>-s<seed>[-f<fold>]/cell.json`. A cell whose cell.json exis
 interrupted comparison picks up where it stopped. The table is read and split once, by the parent;
 frozen encoders fill the shared feature cache once, before the first cell. The results are
 `comparison.csv` (one row per cell), `comparison.md` (one row per fusion, ranked, with a paired
-test against the best) and three plots (metric, cost, robustness curves).
+test against the best) and three plots (metric, cost, robustness curves). `backend=`
+(mmfuse.backends) runs the cells as Ray tasks and the extraction on Ray Data: the same results.
 """
 from __future__ import annotations
 
@@ -161,8 +162,9 @@ def read_frame(path: Path) -> pd.DataFrame:
     return mark(frame)  # already validated by the parent: not read as a user table again
 
 
-def prepare_data(config: Config, folds: int | None, data_dir: Path) -> dict[int | None, dict[str, Any]]:
-    """Read + check + split the table once; write each part for the children; fill the cache."""
+def prepare_data(config: Config, folds: int | None, data_dir: Path, backend=None) -> dict[int | None, dict[str, Any]]:
+    """Read + check + split the table once; write each part for the children; fill the cache
+    (on the backend's workers: Ray Data with `--backend ray`)."""
     from .predictor import Predictor
 
     predictor = Predictor(config)
@@ -182,10 +184,10 @@ def prepare_data(config: Config, folds: int | None, data_dir: Path) -> dict[int 
             path = data_dir / f"{prefix}{role}.json"
             write_frame(part[role], path)
             part["files"][role] = str(path)
-    fill_cache(config, pd.concat(splits.values(), ignore_index=True))
+    fill_cache(config, pd.concat(splits.values(), ignore_index=True), backend=backend)
     evaluated = pd.concat([part["eval"] for part in parts.values()], ignore_index=True)
     for perturb in noisy_variants(config):
-        fill_cache(config, evaluated, perturb)
+        fill_cache(config, evaluated, perturb, backend=backend)
     return parts
 
 
@@ -198,16 +200,19 @@ def noisy_variants(config: Config) -> list[dict[str, Any]]:
             for level in config.compare.robustness_levels if level > 0]
 
 
-def fill_cache(config: Config, frame: pd.DataFrame, perturb: dict[str, Any] | None = None) -> None:
+def fill_cache(config: Config, frame: pd.DataFrame, perturb: dict[str, Any] | None = None,
+               backend=None) -> list[dict[str, Any]]:
     """Run each frozen encoder over every unique input once, so cells only read the cache.
 
     With `perturb`, only the perturbed modality, into its noisy cache variant (robustness curves).
+    `backend` computes the missing entries (mmfuse.backends; default: this process). Returns each
+    encoder's {"modality", "variant", "computed", "reused", "seconds"}.
     """
     import torch
 
+    from .backends import BackendCache
     from .dataset import build_dataset
     from .encoders import Encoder
-    from .encoders.cache import FeatureCache
     from .model import build_encoders
     from .predictor import Predictor
 
@@ -217,10 +222,12 @@ def fill_cache(config: Config, frame: pd.DataFrame, perturb: dict[str, Any] | No
     # its entries themselves.
     frozen = {m: e for m, e in build_encoders(config).items()
               if not e.trainable and type(e).fit is Encoder.fit and (perturb is None or m in perturb)}
+    cache = BackendCache(config.cache_dir, encode=getattr(backend, "encode", None))
     if frozen:
         build_dataset(frame.assign(label=None), frozen, task=config.task, labels=[],
-                      data=config.data, cache=FeatureCache(config.cache_dir),
+                      data=config.data, cache=cache,
                       group_by_image=False, device=Predictor(config).device, perturb=perturb)
+    return cache.calls
 
 
 # ----- one cell, in a child process -----------------------------------------------------------
@@ -353,11 +360,18 @@ def check_reusable(cell_dir: Path, config: Config) -> None:
 # ----- the runner -------------------------------------------------------------------------------
 
 def run_comparison(config: Config, fusions: list[str], seeds: int, folds: int | None, out_dir: Path,
-                   *, echo: Echo = print) -> pd.DataFrame:
-    """Run (or reuse) every cell, write comparison.csv / .md / plots, return one row per cell."""
+                   *, echo: Echo = print, backend=None) -> pd.DataFrame:
+    """Run (or reuse) every cell, write comparison.csv / .md / plots, return one row per cell.
+
+    `backend` (mmfuse.backends.open_backend) says where cells run and features are extracted;
+    default: cells one after another in child processes of this machine."""
+    from .backends import LocalBackend
+
     check_request(fusions, seeds, folds)
     config = with_compare_settings(config)
-    out_dir = Path(out_dir)
+    backend = backend or LocalBackend()
+    backend.check(config)
+    out_dir = Path(out_dir).resolve()  # spec.json's paths are read by cells that may run elsewhere
     fold_ids = [None] if folds is None else list(range(folds))
     seed_ids = [config.train.seed + i for i in range(seeds)]
     cells = [(f, s, k) for f in fusions for s in seed_ids for k in fold_ids]
@@ -375,10 +389,8 @@ def run_comparison(config: Config, fusions: list[str], seeds: int, folds: int | 
     echo(f"{len(cells)} cells ({len(fusions)} fusions × {seeds} seeds × {len(fold_ids)} folds); "
          f"reused {reused} with a cell.json, {len(todo)} to run")
     if todo:
-        parts = prepare_data(config, folds, out_dir / "data")
-    failed = []
-    context = cell_context()
-    for number, cell in enumerate(todo, 1):
+        parts = prepare_data(config, folds, out_dir / "data", backend)
+    for cell in todo:
         fusion, seed, fold = cell
         cell_dir = out_dir / "cells" / cell_name(*cell)
         cell_dir.mkdir(parents=True, exist_ok=True)
@@ -390,11 +402,14 @@ def run_comparison(config: Config, fusions: list[str], seeds: int, folds: int | 
                 "files": part["files"], "labels": str(out_dir / "data" / "labels.json"),
                 "robustness": seed == seed_ids[0] and fold == fold_ids[0]}
         (cell_dir / "spec.json").write_text(json.dumps(spec, indent=2))
-        echo(f"[{number}/{len(todo)}] {cell_dir.name}: training")
-        if launch_cell(cell_dir, context) != 0:
+    failed = []
+    cell_dirs = [out_dir / "cells" / cell_name(*cell) for cell in todo]
+    for number, (cell_dir, error) in enumerate(backend.run_cells(cell_dirs, echo), 1):
+        if error is not None:
             failed.append(cell_dir.name)
-            tail = (cell_dir / "log.txt").read_text()[-1500:]
-            echo(f"[{number}/{len(todo)}] {cell_dir.name}: FAILED (log: {cell_dir / 'log.txt'})\n{tail}")
+            log = cell_dir / "log.txt"
+            tail = log.read_text()[-1500:] if log.is_file() else ""
+            echo(f"[{number}/{len(todo)}] {cell_dir.name}: FAILED ({error}; log: {log})\n{tail}")
             continue
         done = json.loads((cell_dir / "cell.json").read_text())
         echo(f"[{number}/{len(todo)}] {cell_dir.name}: {done['metric_name']} {done['metric']:.4f}, "

@@ -3,6 +3,8 @@
 SQLite (Optuna's RDBStorage) rather than the journal file: each write is a transaction, so a kill
 mid-write loses at most that write and never leaves the file half-written or a lock file behind
 (the OS drops SQLite's locks with the process; a journal file's lock file outlives a kill).
+With `--backend ray` each trial is a Ray task that opens the same storage (`one_trial`); SQLite
+serialises their writes, on one machine or a shared filesystem (docs/distributed.md).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 from ..compare import _comparable, _first_difference
 from ..atomic import write_atomic
 from ..config import Config, TuneConfig, dump_config
-from ..errors import ConfigError, MmfuseError
+from ..errors import ConfigError, MmfuseError, brief
 from ..tasks import create_task
 from .report import trial_line, trials_frame, write_report
 from .space import base_values, check_space, suggest, trial_config
@@ -31,10 +33,14 @@ STUDY = "mmfuse"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards --trials
 
 
-def run_tune(config: Config, trials: int | None = None, *, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run_tune(config: Config, trials: int | None = None, *, echo: Callable[[str], None] = print,
+             backend=None) -> dict[str, Any]:
     """Run trials until the study in RUN/tune has `trials` finished ones (default tune.trials),
-    then write best.yaml and report.md. A rerun resumes: finished trials are kept, not rerun."""
+    then write best.yaml and report.md. A rerun resumes: finished trials are kept, not rerun.
+    `backend` (mmfuse.backends.open_backend): trials as Ray tasks with `ray`; default here."""
     check_space(config)
+    if backend is not None:
+        backend.check(config)
     trials = trials or config.tune.trials
     folder = Path(config.output_dir) / "tune"
     folder.mkdir(parents=True, exist_ok=True)
@@ -49,7 +55,7 @@ def run_tune(config: Config, trials: int | None = None, *, echo: Callable[[str],
         if done:
             echo(f"resuming {folder / 'study.db'}: {done} trial(s) finished, {remaining} to run")
         if remaining:
-            run_trials(study, config, folder, remaining, monitor, echo)
+            run_trials(study, config, folder, remaining, monitor, echo, backend)
         frame = trials_frame(study, list(config.tune.space), monitor)
         best = best_trial(study)
         best_path = None
@@ -62,7 +68,7 @@ def run_tune(config: Config, trials: int | None = None, *, echo: Callable[[str],
             "storage": folder / "study.db"}
 
 
-def run_trials(study: optuna.Study, config: Config, folder: Path, n: int, monitor: str, echo) -> None:
+def run_trials(study: optuna.Study, config: Config, folder: Path, n: int, monitor: str, echo, backend=None) -> None:
     from ..predictor import Predictor
     from ..train import TrainingInterrupted
 
@@ -70,8 +76,25 @@ def run_trials(study: optuna.Study, config: Config, folder: Path, n: int, monito
     if not len(splits["val"]):
         raise ConfigError("tune scores each trial on the validation split, which is empty: set "
                           "data.val_fraction (or give val rows in the split column)")
+    if getattr(backend, "remote", False):
+        backend.run_trials(study, config, folder, splits, n, monitor, echo)
+        return
     # Seeded past the trials already run, so a resumed study does not redraw the first trials' values.
     study.sampler = make_sampler(config.tune, len(study.trials))
+    objective = make_objective(config, folder, splits, monitor)
+    try:
+        study.optimize(objective, n_trials=n, timeout=config.tune.timeout_s, gc_after_trial=True,
+                       callbacks=[lambda s, t: echo(trial_line(t, monitor))])
+    except TrainingInterrupted as stop:  # Ctrl+C or SIGTERM inside Lightning: Optuna marked the trial failed
+        error = MmfuseError(f"tuning stopped by {signal.Signals(stop.signum).name}; the trial it was in is "
+                            "marked failed: run the same command again to resume")
+        error.exit_code = stop.exit_code
+        raise error from None
+
+
+def make_objective(config: Config, folder: Path, splits: dict, monitor: str) -> Callable[[optuna.Trial], float]:
+    """A trial: the config with the trial's values, trained on the train split, scored on val."""
+    from ..predictor import Predictor
 
     def objective(trial: optuna.Trial) -> float:
         values = {key: suggest(trial, key, spec) for key, spec in config.tune.space.items()}
@@ -88,20 +111,50 @@ def run_trials(study: optuna.Study, config: Config, folder: Path, n: int, monito
         # The score of the weights a `train` of this config keeps (train.keep), as Lightning logged it.
         return predictor.fit_summary[f"{'last' if trial_cfg.train.keep == 'last' else 'best'}_{monitor}"]
 
+    return objective
+
+
+def one_trial(config: Config, folder: str, splits: dict, monitor: str, sampler_offset: int) -> dict[str, Any]:
+    """One trial of RUN/tune's study from another process (a Ray task): {"number", "error": None | a line}.
+
+    Each process opens the storage itself; SQLite serialises the writes of trials running at once
+    (each waits up to `storage`'s timeout for the lock). The driver holds RUN/tune/.lock meanwhile."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    folder = Path(folder)
+    study = optuna.load_study(study_name=STUDY, storage=storage(folder), pruner=make_pruner(config.tune),
+                              sampler=make_sampler(config.tune, sampler_offset))
+    objective, numbers = make_objective(config, folder, splits, monitor), []
+
+    def numbered(trial: optuna.Trial) -> float:
+        numbers.append(trial.number)
+        return objective(trial)
+
     try:
-        study.optimize(objective, n_trials=n, timeout=config.tune.timeout_s, gc_after_trial=True,
-                       callbacks=[lambda s, t: echo(trial_line(t, monitor))])
-    except TrainingInterrupted as stop:  # Ctrl+C or SIGTERM inside Lightning: Optuna marked the trial failed
-        error = MmfuseError(f"tuning stopped by {signal.Signals(stop.signum).name}; the trial it was in is "
-                            "marked failed: run the same command again to resume")
-        error.exit_code = stop.exit_code
-        raise error from None
+        study.optimize(numbered, n_trials=1, gc_after_trial=True)
+    except Exception as error:  # a line for the driver to print, not a traceback from another process
+        line = str(error) if isinstance(error, MmfuseError) else brief(error)
+        return {"number": numbers[0] if numbers else "?", "error": line}
+    return {"number": numbers[0], "error": None}
+
+
+def started_trials(study: optuna.Study) -> int:
+    """Trials a process has asked for so far (an enqueued, waiting one is not yet): each Ray task
+    asks for one, so seeding a task's sampler with this count + its place in the queue gives every
+    task of the study's life its own seed, across resumes too."""
+    return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+
+
+def storage(folder: Path) -> optuna.storages.RDBStorage:
+    """RUN/tune/study.db; a writer waits up to 60 s for SQLite's lock (trials in parallel on Ray),
+    not the driver's default 5 s."""
+    return optuna.storages.RDBStorage(f"sqlite:///{folder / 'study.db'}",
+                                      engine_kwargs={"connect_args": {"timeout": 60}})
 
 
 def open_study(config: Config, folder: Path) -> optuna.Study:
     """RUN/tune/study.db's study, created on the first run; refused if made from another config."""
     mode = create_task(config.task).monitor_mode
-    study = optuna.create_study(storage=f"sqlite:///{folder / 'study.db'}", study_name=STUDY, load_if_exists=True,
+    study = optuna.create_study(storage=storage(folder), study_name=STUDY, load_if_exists=True,
                                 direction="maximize" if mode == "max" else "minimize", pruner=make_pruner(config.tune))
     wanted, stored = searched(config), study.user_attrs.get("config")
     if stored is None:
