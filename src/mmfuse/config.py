@@ -127,6 +127,10 @@ class TrainConfig(Section):
     alignment: dict[str, float] = {}
     alignment_dim: int = Field(128, gt=0)
     num_workers: int = Field(0, ge=0)
+    # A trainable encoder's inputs (decoded, resized pixels) are prepared once and kept in memory
+    # when they take at most this many MB (easy-VQA: 61 MB), else each batch decodes its own when
+    # it is gathered, in the DataLoader workers (num_workers): a million 64 px images are 12 GB.
+    prepared_memory_mb: float = Field(512, ge=0)
     progress_bar: bool = True
 
 

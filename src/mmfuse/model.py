@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -10,6 +11,7 @@ from .config import Config
 from .errors import ConfigError
 from .data.batching import Batch
 from .encoders import Encoder, create_encoder
+from .encoders.stored import StoredFeatures
 from .features import Features
 from .fusion import Fusion, create_fusion
 from .heads import TaskHead, create_head
@@ -29,9 +31,24 @@ class FeatureScaler(nn.Module):
         self.register_buffer("std", torch.ones(dim))
 
     @torch.no_grad()
-    def fit(self, pooled: Tensor) -> None:
-        self.mean.copy_(pooled.mean(0))
-        self.std.copy_(pooled.std(0).clamp_min(1e-6) if len(pooled) > 1 else torch.ones_like(self.std))
+    def fit(self, chunks: Iterable[Tensor]) -> None:
+        """Mean and (unbiased) std of pooled vectors given in chunks: a split's features need not
+        be in memory at once. Sums in float64, so chunking does not cost precision."""
+        count, total, squares = 0, torch.zeros_like(self.mean, dtype=torch.float64), None
+        for chunk in chunks:
+            chunk = chunk.double()
+            count += len(chunk)
+            total += chunk.sum(0)
+            squares = chunk.square().sum(0) + (0 if squares is None else squares)
+        if count == 0:
+            return
+        mean = total / count
+        self.mean.copy_(mean)
+        if count > 1:
+            variance = ((squares - count * mean.square()) / (count - 1)).clamp_min(0)
+            self.std.copy_(variance.sqrt().clamp_min(1e-6))
+        else:
+            self.std.fill_(1.0)
 
     def forward(self, feats: Features) -> Features:
         scale = lambda x: None if x is None else (x - self.mean) / self.std  # noqa: E731
@@ -100,7 +117,8 @@ class MultimodalModel(nn.Module):
             if column is None or column.features is None:
                 raise ConfigError(f"encoders.{modality}.standardize needs a frozen encoder whose features "
                                   "are cached (set trainable: false, or standardize: false)")
-            scaler.fit(column.features.pooled.float())
+            features = column.features
+            scaler.fit(features.pooled_chunks() if isinstance(features, StoredFeatures) else [features.pooled])
 
     def forward(self, batch: Batch) -> Tensor:
         return self.head(self.fusion(self.encode(batch)))

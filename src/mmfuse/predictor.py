@@ -148,7 +148,8 @@ class Predictor:
                              cache=FeatureCache(self.config.cache_dir) if cache else self.small_request_cache,
                              group_by_image=self.config.train.group_by_image, device=self.device,
                              perturb=perturb,
-                             pooled_only=set(self.model.encoders) - self.model.fusion.token_modalities())
+                             pooled_only=set(self.model.encoders) - self.model.fusion.token_modalities(),
+                             prepared_memory_mb=self.config.train.prepared_memory_mb)
 
     @property
     def task(self) -> Task:

@@ -14,7 +14,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
-from typing import Any, Collection
+from itertools import chain
+from typing import Any, Collection, Iterator
 
 import numpy as np
 import pandas as pd
@@ -92,6 +93,12 @@ class Table:
     undecodable: dict[int, str] = dataclass_field(default_factory=dict)
 
 
+# Rows read and checked at a time: a CSV cell read is a Python string (~60 bytes), so a million-row
+# table read whole cost ~0.8 KB a row before any check; in pieces the good rows' cells are kept,
+# each distinct value once (`_Interned`), and memory grows by ~50 bytes a row (bench/scale.py).
+PIECE_ROWS = 50_000
+
+
 def read_table(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """(table, name for messages). The format comes from the extension (a .gz etc. is looked through)."""
     table = read_columns(source)
@@ -102,9 +109,43 @@ def read_columns(source: str | Path | pd.DataFrame, columns: Collection[str] | N
     """The table with only `columns` read (those it has; None: all): a table of a million columns
     costs what its bound ones cost. A CSV cell that is not UTF-8 is kept (as surrogate escapes) and
     its row recorded, to become a bad row instead of refusing the whole file."""
+    pieces = list(read_pieces(source, columns))
+    if len(pieces) == 1:
+        return pieces[0]
+    undecodable = {row: reason for piece in pieces for row, reason in piece.undecodable.items()}
+    return Table(pd.concat([p.frame for p in pieces]), pieces[0].name, pieces[0].header, undecodable)
+
+
+def read_pieces(source: str | Path | pd.DataFrame, columns: Collection[str] | None = None,
+                rows: int = PIECE_ROWS) -> Iterator[Table]:
+    """The table as `read_columns` reads it, in pieces of at most `rows` rows (at least one piece,
+    empty for an empty table), each frame indexed by its rows' positions in the whole table. A
+    CSV is read piece by piece; other formats are read whole (Parquet and JSON as pyarrow strings,
+    compact) and handed out in slices."""
     if isinstance(source, pd.DataFrame):
         # Positional index, so row numbers are the DataFrame's row positions + 1.
-        return Table(source.reset_index(drop=True), "DataFrame", [str(c) for c in source.columns])
+        yield from _slices(Table(source.reset_index(drop=True), "DataFrame", [str(c) for c in source.columns]), rows)
+        return
+    path, kind = _table_path(source)
+    try:
+        if kind in (".csv", ".tsv", ".tab"):
+            yield from _read_csv(path, "," if kind == ".csv" else "\t", columns, rows)
+        else:
+            yield from _slices(_read_whole(path, kind, columns), rows)
+    except DataError:
+        raise
+    except Exception as error:  # noqa: BLE001 - parser errors come in many types
+        raise DataError(f"could not read table {path}: {error}") from None
+
+
+def _slices(table: Table, rows: int) -> Iterator[Table]:
+    frame = table.frame
+    for first in range(0, max(len(frame), 1), rows):
+        yield Table(frame.iloc[first : first + rows], table.name, table.header, table.undecodable)
+
+
+def _table_path(source: str | Path) -> tuple[Path, str]:
+    """(the table file, its format's extension); a .gz etc. is looked through."""
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"table file not found: {path}")
@@ -114,22 +155,24 @@ def read_columns(source: str | Path | pd.DataFrame, columns: Collection[str] | N
     if suffixes and suffixes[-1] in _COMPRESSED:
         suffixes = suffixes[:-1]
     kind = suffixes[-1] if suffixes else ""
+    if kind not in (".csv", ".tsv", ".tab", ".jsonl", ".ndjson", ".json", ".parquet", ".pq"):
+        raise DataError(f"{path}: unsupported table format {kind or '(no extension)'!r}; "
+                        "use .csv, .tsv, .jsonl / .ndjson, .json or .parquet")
+    return path, kind
+
+
+def _read_whole(path: Path, kind: str, columns: Collection[str] | None) -> Table:
     try:
-        if kind in (".csv", ".tsv", ".tab"):
-            table = _read_csv(path, "," if kind == ".csv" else "\t", columns)
-        elif kind in (".jsonl", ".ndjson", ".json"):
+        if kind in (".jsonl", ".ndjson", ".json"):
             # dtype=False: keep values as written. JSON cannot be read column by column.
             frame = pd.read_json(path, lines=kind != ".json", dtype=False)
             table = Table(_only(frame, columns), path.name, [str(c) for c in frame.columns])
-        elif kind in (".parquet", ".pq"):
+        else:
             import pyarrow.parquet as pq
 
             header = list(pq.read_schema(path).names)
             wanted = None if columns is None else _wanted(header, columns)
             table = Table(pd.read_parquet(path, columns=wanted), path.name, header)
-        else:
-            raise DataError(f"{path}: unsupported table format {kind or '(no extension)'!r}; "
-                            "use .csv, .tsv, .jsonl / .ndjson, .json or .parquet")
     except DataError:
         raise
     except Exception as error:  # noqa: BLE001 - parser errors come in many types
@@ -146,20 +189,23 @@ def _only(frame: pd.DataFrame, columns: Collection[str] | None) -> pd.DataFrame:
     return frame if columns is None else frame[[c for c in frame.columns if str(c) in columns]]
 
 
-def _read_csv(path: Path, sep: str, columns: Collection[str] | None) -> Table:
+def _read_csv(path: Path, sep: str, columns: Collection[str] | None, rows: int) -> Iterator[Table]:
     # Every cell as a string, and only a truly empty cell is missing: pandas' default NA words
     # ("NA", "None", "null", "nan") are real labels and texts in user data, and a numeric parse
     # would turn label "01" into 1 (or 1 into 1.0 once a cell is empty). object, not str: a str
     # column refuses the surrogate escapes that stand in for bytes that are not UTF-8.
-    options = dict(sep=sep, dtype=object, keep_default_na=False, na_values=[""])
+    options = dict(sep=sep, dtype=object, keep_default_na=False, na_values=[""], encoding_errors="surrogateescape")
     header = _csv_header(path, sep)
     usecols = None if columns is None else _wanted(header, columns)
-    try:
-        frame = pd.read_csv(path, usecols=usecols, **options)  # only the read columns are decoded
-        return Table(frame, path.name, header)
-    except UnicodeDecodeError:
-        frame = pd.read_csv(path, usecols=usecols, encoding_errors="surrogateescape", **options)
-        return Table(frame, path.name, header, _undecodable(path, sep, header, frame))
+    with pd.read_csv(path, usecols=usecols, chunksize=rows, **options) as pieces:  # only the read columns are decoded
+        for frame in pieces:
+            undecodable = _undecodable(path, sep, header, frame) if _has_stand_in(frame) else {}
+            yield Table(frame, path.name, header, undecodable)
+
+
+def _has_stand_in(frame: pd.DataFrame) -> bool:
+    """Whether any cell holds a byte that was not UTF-8 (one search over the joined cells)."""
+    return any(_STAND_IN.search("\0".join(v for v in frame[c].tolist() if isinstance(v, str))) for c in frame.columns)
 
 
 def _csv_header(path: Path, sep: str) -> list[str]:
@@ -179,7 +225,7 @@ def _undecodable(path: Path, sep: str, header: list[str], frame: pd.DataFrame) -
     """Row position -> "invalid UTF-8 in column ...: byte 0x.. at line L, byte offset N"."""
     cells: dict[int, tuple[str, str]] = {}  # row -> (column, value) of its first bad cell
     for column in frame.columns:
-        for row, value in enumerate(frame[column].tolist()):
+        for row, value in zip(frame.index, frame[column].tolist()):
             if row not in cells and isinstance(value, str) and _STAND_IN.search(value):
                 cells[row] = (column, value)
     reasons = {row: f"invalid UTF-8 in column {column!r}" for row, (column, _) in cells.items()}
@@ -297,86 +343,32 @@ def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: 
                           + " / data.columns.".join(MODALITIES))
     if builtin is not None:
         # Its paths are absolute, into the data set's own download folder: nothing to confine.
-        frame, base = load_builtin(builtin), os.getcwd()
-        table = Table(frame, builtin, [str(c) for c in frame.columns])
+        frame, base = load_builtin(builtin).reset_index(drop=True), os.getcwd()
+        pieces = _slices(Table(frame, builtin, [str(c) for c in frame.columns]), PIECE_ROWS)
         data = data.model_copy(update={"confine_paths": False})
     else:
         bound = {columns[role] for role in (*used, "label", "split") if columns[role] is not None}
-        table = read_columns(source, bound)  # only the bound columns: a wide table costs nothing more
+        pieces = read_pieces(source, bound)  # only the bound columns: a wide table costs nothing more
         base = os.getcwd() if isinstance(source, pd.DataFrame) else str(Path(source).expanduser().resolve().parent)
-    name = table.name
+    first = next(pieces)
+    name = first.name
     wanted = {m: columns[m] for m in used}
     # Prediction needs neither a label nor a split column.
-    if require_label or columns["label"] in table.frame.columns:
+    if require_label or columns["label"] in first.frame.columns:
         wanted["label"] = columns["label"]
-    if columns["split"] is not None and (require_label or columns["split"] in table.frame.columns):
+    if columns["split"] is not None and (require_label or columns["split"] in first.frame.columns):
         wanted["split"] = columns["split"]
-    _check_columns(table, wanted, rebind)
+    _check_columns(first, wanted, rebind)
 
-    n = len(table.frame)
-    cells = {role: table.frame[column].tolist() for role, column in wanted.items()}
     allowed_list = labels if labels is not None else data.labels
     allowed = {str(v) for v in allowed_list} if allowed_list is not None and spec.per_label else None
-
-    out: dict[str, list] = {key: [] for key in ("row", *MODALITIES, "label", "split")}
-    bad: list[BadRow] = []
-    pending: list[tuple[int, dict[str, Any]]] = []  # rows that passed the cheap checks
-
-    # Cheap checks first (text, label, split, path syntax); media files are decoded afterwards,
-    # once per unique file and only for rows that are otherwise good.
-    for i in range(n):
-        if i in table.undecodable:
-            bad.append(BadRow(name, i + 1, "row", table.undecodable[i]))
-            continue
-        record: dict[str, Any] = {"row": i + 1}
-        role = ""
-        try:
-            for role, modality in MODALITIES.items():
-                record[role] = modality.parse(cells[role][i], base, data) if role in cells else None
-            role = "label"
-            if "label" in cells:
-                try:
-                    if is_missing(cells["label"][i]):
-                        raise _RowProblem("missing label")
-                    record["label"] = spec.parse_label(cells["label"][i], allowed, data.label_separator)
-                except LabelProblem:
-                    if require_label:
-                        raise
-                    record["label"] = None
-            else:
-                record["label"] = None
-            role = "split"
-            record["split"] = _parse_split(cells["split"][i]) if "split" in cells else None
-        except (LabelProblem, MediaError) as error:
-            bad.append(BadRow(name, i + 1, role, str(error), wanted.get(role)))
-            continue
-        if all(record[m] is None for m in used):
-            bad.append(BadRow(name, i + 1, "row", "no " + " and no ".join(used)))
-            continue
-        pending.append((i, record))
-
-    reasons: dict[tuple[str, Any], str | None] = {}
-    for i, record in pending:
-        for role in used:
-            value = record[role]
-            if value is not None and (role, value) not in reasons:
-                reasons[role, value] = MODALITIES[role].check(value, data)
-        problem = next(((role, reasons[role, record[role]]) for role in used
-                        if record[role] is not None and reasons[role, record[role]] is not None), None)
-        if problem is not None:
-            bad.append(BadRow(name, i + 1, problem[0], problem[1], wanted.get(problem[0])))
-            continue
-        for key in out:
-            out[key].append(record[key])
-
-    bad.sort(key=lambda b: b.row)
-    label_column = spec.label_column(out["label"], require_label)
-    frame = pd.DataFrame({
-        "row": pd.Series(out["row"], dtype="int64"),
-        **{m: pd.Series(out[m], dtype="object") for m in MODALITIES},
-        "label": label_column,
-        "split": pd.Series(out["split"], dtype="object"),
-    })
+    checker = _RowChecker(name, base, data, spec, wanted, used, allowed, require_label)
+    n = 0
+    for piece in chain([first], pieces):
+        checker.check(piece)
+        n += len(piece.frame)
+    bad = sorted(checker.bad, key=lambda b: b.row)
+    frame = checker.frame(require_label)
     manifest = Manifest(frame=frame, bad_rows=bad, source=name)
     if data.strict and bad:
         lines = [f"  {b}" for b in bad[:STRICT_LIST_LIMIT]]
@@ -385,6 +377,100 @@ def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: 
         raise DataError(f"{name}: {len(bad)} bad row(s) of {n}, and data.strict is on "
                         "(turn it off to skip and count them):\n" + "\n".join(lines))
     return manifest
+
+
+class _RowChecker:
+    """The rows of a table, one piece at a time: the good ones kept (each distinct cell value once:
+    a million rows of 167k images hold 167k path strings), the bad ones as BadRows."""
+
+    def __init__(self, name: str, base: str, data: DataConfig, spec: Any, wanted: dict[str, str],
+                 used: list[str], allowed: set[str] | None, require_label: bool):
+        self.name, self.base, self.data, self.spec = name, base, data, spec
+        self.wanted, self.used, self.allowed, self.require_label = wanted, used, allowed, require_label
+        self.out: dict[str, list] = {key: [] for key in (*used, "label", "split")}
+        self.rows: list[np.ndarray] = []
+        self.bad: list[BadRow] = []
+        self.pool: dict[str, str] = {}  # every distinct string value, the one object kept for it
+        self.reasons: dict[str, dict[Any, str | None]] = {m: {} for m in used}  # value -> why it fails, or None
+
+    def intern(self, value: Any) -> Any:
+        return self.pool.setdefault(value, value) if isinstance(value, str) else value
+
+    def check(self, table: Table) -> None:
+        # Cheap checks first (text, label, split, path syntax); media files are decoded afterwards,
+        # once per unique file and only for rows that are otherwise good.
+        cells = {role: table.frame[column].tolist() for role, column in self.wanted.items()}
+        pending = []
+        for at, i in enumerate(table.frame.index):  # i: the row's position in the whole table
+            record = self.parse(i, {role: values[at] for role, values in cells.items()}, table.undecodable)
+            if record is not None:
+                pending.append(record)
+        rows = []
+        for record in pending:
+            problem = self.media_problem(record)
+            if problem is not None:
+                self.bad.append(BadRow(self.name, record["row"], problem[0], problem[1], self.wanted.get(problem[0])))
+                continue
+            rows.append(record["row"])
+            for key in self.out:
+                self.out[key].append(self.intern(record[key]))
+        self.rows.append(np.asarray(rows, dtype=np.int64))
+
+    def parse(self, i: int, cells: dict[str, Any], undecodable: dict[int, str]) -> dict[str, Any] | None:
+        """Row position `i`'s parsed values, or None (a BadRow recorded) when a cheap check fails."""
+        if i in undecodable:
+            self.bad.append(BadRow(self.name, i + 1, "row", undecodable[i]))
+            return None
+        record: dict[str, Any] = {"row": i + 1}
+        role = ""
+        try:
+            for role, modality in MODALITIES.items():
+                record[role] = modality.parse(cells[role], self.base, self.data) if role in cells else None
+            role = "label"
+            record["label"] = self.parse_label(cells) if "label" in cells else None
+            role = "split"
+            record["split"] = _parse_split(cells["split"]) if "split" in cells else None
+        except (LabelProblem, MediaError) as error:
+            self.bad.append(BadRow(self.name, i + 1, role, str(error), self.wanted.get(role)))
+            return None
+        if all(record[m] is None for m in self.used):
+            self.bad.append(BadRow(self.name, i + 1, "row", "no " + " and no ".join(self.used)))
+            return None
+        return record
+
+    def parse_label(self, cells: dict[str, Any]) -> Any:
+        try:
+            if is_missing(cells["label"]):
+                raise _RowProblem("missing label")
+            return self.spec.parse_label(cells["label"], self.allowed, self.data.label_separator)
+        except LabelProblem:
+            if self.require_label:
+                raise
+            return None
+
+    def media_problem(self, record: dict[str, Any]) -> tuple[str, str] | None:
+        """(modality, reason) of the first input of the row whose file does not decode, or None."""
+        for role in self.used:
+            value = record[role]
+            if value is None:
+                continue
+            reasons = self.reasons[role]
+            if value not in reasons:
+                reasons[self.intern(value)] = MODALITIES[role].check(value, self.data)
+            if reasons[value] is not None:
+                return role, reasons[value]
+        return None
+
+    def frame(self, require_label: bool) -> pd.DataFrame:
+        """The good rows; each list is dropped once it is a column (they are 8 bytes a row each)."""
+        rows = pd.Series(np.concatenate(self.rows) if self.rows else [], dtype="int64")
+        columns = {"row": rows, **{m: self.column(m, len(rows)) for m in MODALITIES}}
+        columns["label"] = self.spec.label_column(self.out.pop("label"), require_label)
+        columns["split"] = self.column("split", len(rows))
+        return pd.DataFrame(columns)
+
+    def column(self, key: str, rows: int) -> pd.Series:
+        return pd.Series(self.out.pop(key) if key in self.out else [None] * rows, dtype="object")
 
 
 # ----- splitting ------------------------------------------------------------------------------

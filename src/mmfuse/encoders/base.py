@@ -115,8 +115,22 @@ class Encoder(nn.Module):
             self._fingerprint = value
 
 
-def slice_prepared(prepared: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
+def slice_prepared(prepared: dict[str, Tensor], index: Tensor | slice) -> dict[str, Tensor]:
     return {key: value[index] for key, value in prepared.items()}
+
+
+def cat_prepared(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Prepared chunks -> one table; 2-D inputs (token ids, masks) padded to the widest chunk."""
+    if not parts:
+        return {}
+    table = {}
+    for key in parts[0]:
+        pieces = [p[key] for p in parts]
+        if pieces[0].dim() == 2:
+            width = max(p.shape[1] for p in pieces)
+            pieces = [torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in pieces]
+        table[key] = torch.cat(pieces)
+    return table
 
 
 ENCODERS: Registry[Encoder] = Registry("encoder")

@@ -3,25 +3,25 @@
 A frozen encoder runs once per unique input, ever: the key is the input's content hash (file bytes
 or text) under a folder named by the encoder's fingerprint (name + weights + preprocessing), so a
 new weight, image size or tokenizer limit recomputes, and everything else is reused across epochs,
-runs and configs. Shards are safetensors files (no pickle); an interrupted extraction keeps the
-shards it finished.
+runs and configs. Shards are safetensors files (no pickle, layout in `shards.py`); an interrupted
+extraction keeps the shards it finished. A split's features stay on disk (`StoredFeatures`): a
+batch reads its own rows.
 """
 from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Hashable
 
+import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-from torch import Tensor
 
 from ..features import Features
 from ..modalities import MODALITIES
 from .base import Encoder
+from .shards import Entry, read_keys, write_shard
+from .stored import StoredFeatures
 
 SHARD_ITEMS = 2048
 
@@ -42,20 +42,27 @@ class FeatureCache:
         name = f"{encoder.modality}-{encoder.fingerprint()}"
         return self.root / (name if variant is None else f"{name}-{variant}")
 
-    def _stored(self, folder: Path) -> dict[str, Path]:
-        """content hash -> shard holding it (reads only the safetensors headers)."""
-        where: dict[str, Path] = {}
-        for shard in sorted(folder.glob("*.safetensors")):
-            with safe_open(str(shard), framework="pt") as handle:
-                for name in handle.keys():
-                    if name.endswith("/pooled"):
-                        where[name[: -len("/pooled")]] = shard
-        return where
+    @staticmethod
+    def _locate(folder: Path, wanted: set[str]) -> tuple[list[Path], dict[str, tuple[int, int]]]:
+        """(shard files, key -> (file number, row)) for the `wanted` keys stored in `folder`.
+
+        Reads each shard's header (its keys are one JSON string there): a million inputs are 490
+        headers, located in 1.2 s (hashing their files takes longer), so no separate index, which
+        could go stale."""
+        paths: list[Path] = []
+        where: dict[str, tuple[int, int]] = {}
+        for path in sorted(folder.glob("*.safetensors")):
+            paths.append(path)
+            for row, key in enumerate(read_keys(path)):
+                if key in wanted and key not in where:
+                    where[key] = (len(paths) - 1, row)
+        return paths, where
 
     def features(self, encoder: Encoder, values: list[Any], load: Callable[[list[Any]], list[Any]],
                  batch_size: int = 64, device: str | torch.device = "cpu", variant: str | None = None,
-                 tokens: bool = True, encode: "EncodeFn | None" = None) -> Features:
-        """Features for `values` (unique inputs), computing only the ones not on disk yet.
+                 tokens: bool = True, encode: "EncodeFn | None" = None) -> StoredFeatures | Features:
+        """Features for `values` (unique inputs), computing only the ones not on disk yet. They stay
+        there: `select` (a batch) reads just its rows; `.pooled` / `.tokens` read every input.
 
         `load` turns raw values (paths) into what `encoder.prepare` takes (decoded images).
         tokens=False reads the pooled vectors only (the fusion reads no tokens of this modality:
@@ -67,52 +74,21 @@ class FeatureCache:
         keys = [content_hash(encoder.modality, v) for v in values]
         folder = self.folder(encoder, variant)
         folder.mkdir(parents=True, exist_ok=True)
-        where = self._stored(folder)
+        paths, where = self._locate(folder, set(keys))
         missing = sorted({k: v for k, v in zip(keys, values) if k not in where}.items())
-        computed = 0
         for first in range(0, len(missing), SHARD_ITEMS):
             chunk = missing[first : first + SHARD_ITEMS]
-            shard = self._compute(encoder, chunk, load, batch_size, device, encode or encode_inputs)
-            path = folder / f"{uuid.uuid4().hex}.safetensors"
-            save_file(shard, str(path.with_suffix(".tmp")))
-            path.with_suffix(".tmp").rename(path)  # atomic: a shard is whole or absent
-            for key, _ in chunk:
-                where[key] = path
-            computed += len(chunk)
-        feats = self._read(keys, where, tokens)
-        self.last_stats = {"computed": computed, "reused": len(set(keys)) - computed,
+            entries = (encode or encode_inputs)(encoder, chunk, load, batch_size, device)
+            paths.append(write_shard(folder, [(key, entries[key]) for key, _ in chunk]))
+            where.update({key: (len(paths) - 1, row) for row, (key, _) in enumerate(chunk)})
+        self.last_stats = {"computed": len(missing), "reused": len(set(keys)) - len(missing),
                            "seconds": time.perf_counter() - start}
-        return feats
-
-    @staticmethod
-    def _compute(encoder: Encoder, chunk: list[tuple[str, Any]], load, batch_size, device,
-                 encode: "EncodeFn") -> dict[str, Tensor]:
-        """One shard: `<key>/pooled` and, for token encoders, `<key>/tokens` (real tokens only)."""
-        shard: dict[str, Tensor] = {}
-        for key, (pooled, tokens) in encode(encoder, chunk, load, batch_size, device).items():
-            shard[f"{key}/pooled"] = pooled
-            if tokens is not None:
-                shard[f"{key}/tokens"] = tokens
-        return shard
-
-    @staticmethod
-    def _read(keys: list[str], where: dict[str, Path], with_tokens: bool = True) -> Features:
-        by_shard: dict[Path, list[str]] = {}
-        for key in dict.fromkeys(keys):
-            by_shard.setdefault(where[key], []).append(key)
-        entries: dict[str, Entry] = {}
-        for shard, wanted in by_shard.items():
-            with safe_open(str(shard), framework="pt") as handle:
-                names = set(handle.keys())
-                for key in wanted:
-                    stored = with_tokens and f"{key}/tokens" in names
-                    tokens = handle.get_tensor(f"{key}/tokens") if stored else None
-                    entries[key] = (handle.get_tensor(f"{key}/pooled"), tokens)
-        return stack_inputs(keys, entries)
+        if not keys:
+            return Features(pooled=torch.zeros(0, 1))
+        located = np.array([where[k] for k in keys], dtype=np.int32)
+        return StoredFeatures(paths, located[:, 0].copy(), located[:, 1].copy(), tokens)
 
 
-# One input's features as stored: its pooled vector, and its real tokens (None: no tokens).
-Entry = tuple[Tensor, Tensor | None]
 # (encoder, [(key, raw value)], load, batch_size, device) -> {key: Entry}: how missing inputs are encoded.
 EncodeFn = Callable[[Encoder, list[tuple[Hashable, Any]], Callable[[list[Any]], list[Any]], int, Any],
                     dict[Hashable, Entry]]

@@ -47,16 +47,17 @@ def sparsity(model: nn.Module) -> float:
 def freeze_features(dataset, model) -> None:
     """Replace every prepared (trainable-encoder) column by its features: encoders stay fixed."""
     for modality, column in dataset.columns.items():
-        if column.prepared is None:
+        prepared = column.prepared_table()
+        if prepared is None:
             continue
         encoder = model.encoders[modality].eval()
-        count = len(next(iter(column.prepared.values())))
-        parts = [encoder({k: v[i : i + ENCODE_CHUNK] for k, v in column.prepared.items()})
+        count = len(next(iter(prepared.values())))
+        parts = [encoder({k: v[i : i + ENCODE_CHUNK] for k, v in prepared.items()})
                  for i in range(0, count, ENCODE_CHUNK)]
         tokens = None if parts[0].tokens is None else torch.cat([p.tokens for p in parts])
         mask = None if parts[0].mask is None else torch.cat([p.mask for p in parts])
         column.features = Features(torch.cat([p.pooled for p in parts]), tokens, mask)
-        column.prepared = None
+        column.prepared = column.prepare = None
 
 
 def finetune(predictor, train, epochs: int, lr: float) -> None:

@@ -68,16 +68,17 @@ class OnnxRunner:
     def tower_features(self, modality: str, column: ModalityColumn) -> dict[str, np.ndarray] | None:
         """Features over the column's unique inputs: cached ones as they are, else the ONNX tower."""
         if column.features is not None:  # frozen encoder, read from the feature cache
-            f = column.features
+            f = column.all_features()
             return {"pooled": f.pooled.numpy(), "tokens": None if f.tokens is None else f.tokens.numpy(),
                     "mask": None if f.mask is None else f.mask.numpy()}
-        if column.prepared is None:  # no row has this modality
+        prepared = column.prepared_table()
+        if prepared is None:  # no row has this modality
             return None
         session, keys = self.towers[modality], self.manifest["towers"][modality]["inputs"]
-        count = len(next(iter(column.prepared.values())))
+        count = len(next(iter(prepared.values())))
         parts = []
         for first in range(0, count, TOWER_CHUNK):
-            feed = {k: column.prepared[k][first : first + TOWER_CHUNK].numpy() for k in keys}
+            feed = {k: prepared[k][first : first + TOWER_CHUNK].numpy() for k in keys}
             parts.append(session.run(None, feed))
         names = tower_outputs(self.layout[modality]["tokens"])
         out = {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
