@@ -198,3 +198,19 @@ def test_a_small_dev_shm_is_said_clearly():
     note = shm_note(64 * MB, small)
     assert "/dev/shm has only 64 MB free" in note and "goes to /tmp" in note and "--shm-size" in note
     assert shm_note(24 * 1024 * MB, 1024 * MB) is None
+
+
+def test_an_address_where_nothing_answers_fails_at_once_naming_it(table, tmp_path):
+    """Without the check, ray.init waits minutes for a head node that is not there."""
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps(tiny_config(tmp_path, table)))
+    done = subprocess.run([sys.executable, "-m", "mmfuse.cli", "data", "features", str(config), "--backend", "ray",
+                           "--address", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"127.0.0.1:{port}" in last and "nothing answers" in last and "Traceback" not in done.stderr

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterator
@@ -75,6 +76,8 @@ def ray_session(*, address: str | None, num_cpus: int | None, cpus_per_task: flo
         quiet = {"logging_level": logging.WARNING, "log_to_driver": False}  # cells write log.txt files
         try:
             if address:
+                if (problem := unreachable(address)) is not None:
+                    raise ConnectionError(problem)
                 ray.init(address=address, **quiet)
                 where = f"Ray at {address}"
             else:
@@ -101,6 +104,21 @@ def ray_session(*, address: str | None, num_cpus: int | None, cpus_per_task: flo
     finally:
         if started:
             ray.shutdown()
+
+
+def unreachable(address: str, timeout_s: float = 10.0) -> str | None:
+    """Why nothing answers at a `host:port` address (None: something does, or the address is not one).
+    ray.init would otherwise wait minutes for a head node that is not there, printing retries."""
+    host_port = address.removeprefix("ray://")
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        return None  # "auto", "local": Ray resolves those itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        return (f"nothing answers at {host_port} ({error.strerror or error}); start the head node there with "
+                f"`ray start --head --port {port}`, or check the address")
+    return None
 
 
 # ----- the tasks (module functions: Ray pickles them by reference) ------------------------------
