@@ -10,9 +10,11 @@ The deciding word of each question, by its template (every easy-VQA image holds 
   share both with and without it;
 - "what color is the triangle?": "color" (the shape named is the only one in the image);
 - "what shape is present?", "what is the red shape?": "shape".
-Two methods, both on the predicted answer's log-odds (log p / (1 - p), which does not flatten out
-when the model is sure): Integrated Gradients on the text encoder's token embeddings (what
-`mmfuse explain` uses) and occlusion (log-odds with the word minus without it).
+Three methods, all on the predicted answer's log-odds (log p / (1 - p), which does not flatten out
+when the model is sure): counterfactual edits (what `mmfuse explain` uses for a model trained with
+its word substitutes: the largest drop over deleting the word or replacing it by a word the
+training questions use in its place), Integrated Gradients on the text encoder's token embeddings
+(the default for older models) and occlusion (log-odds with the word minus without it).
 Rows: the first --rows official test questions.
 """
 from __future__ import annotations
@@ -28,11 +30,12 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 
 from mmfuse import Predictor
 from mmfuse.data.datasets import load_builtin
-from mmfuse.explain import integrated_gradients, row_scores, word_occlusion
+from mmfuse.explain import integrated_gradients, row_scores, word_counterfactuals, word_occlusion
 
 COLOURS = {"red", "green", "blue", "black", "gray", "yellow", "teal", "brown"}
 SHAPES = {"circle", "rectangle", "triangle"}
-METHODS = {"Integrated Gradients": integrated_gradients, "occlusion": word_occlusion}
+METHODS = {"counterfactual": lambda *args: word_counterfactuals(*args)[0],
+           "Integrated Gradients": integrated_gradients, "occlusion": word_occlusion}
 
 
 def bare(word: str) -> str:

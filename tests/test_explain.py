@@ -34,7 +34,7 @@ def film_model(tmp_path_factory):
 
 def test_heatmap_words_and_shapley(film_model):
     predictor, _, row = film_model
-    result = explain_row(predictor, row)
+    result = explain_row(predictor, row, words="integrated-gradients")
     grid = np.asarray(result.heatmaps["image"])
     # tiny_image at 16 px: its first block's 16x16 map (the deepest at least 16 regions wide)
     assert grid.shape == (16, 16) and grid.min() >= 0 and grid.max() == pytest.approx(1.0)
@@ -51,6 +51,44 @@ def test_heatmap_words_and_shapley(film_model):
     # Shapley efficiency: the values add up to p(both present) - p(none present).
     prior = float(_prior(predictor)[target])
     assert sum(result.shapley.values()) == pytest.approx(result.probability - prior, abs=1e-5)
+
+
+def test_counterfactual_words_are_each_words_most_decisive_edit(film_model):
+    """The default for a model trained with its word substitutes: per word, the largest drop of the
+    answer's log-odds over deleting it or replacing it by a word the training texts use in its place."""
+    predictor, _, row = film_model
+    result = explain_row(predictor, row)
+    assert result.word_method == {"text": "counterfactual"}
+    target = predictor.labels.index(result.prediction)
+    odds = lambda text: float(log_odds(row_logits(predictor, [{**row, "text": text}]), target)[0])  # noqa: E731
+    colours = predictor.word_substitutes["text"].places["square\t"]
+    assert "red?" in colours and len(colours) >= 2  # "is the square X?" in the tiny table
+    edits = {"is the square": odds("is the square")} | {
+        f"is the square {c}": odds(f"is the square {c}") for c in colours if c != "red?"}
+    worst = min(edits, key=edits.get)
+    words = dict(result.words["text"])
+    assert words["red?"] == pytest.approx(odds(row["text"]) - edits[worst], abs=1e-4)
+    edit = result.edits["text"][3]
+    assert edit["word"] == "red?" and edit["edit"] == worst
+    assert edit["answer"] == predictor.predict([{"image": row["image"], "question": worst}])["prediction"][0]
+    # "is" has no alternative in its place: its one edit is deleting it (occlusion's value).
+    assert words["is"] == pytest.approx(odds(row["text"]) - odds("the square red?"), abs=1e-4)
+    assert result.as_dict()["edits"]["text"][3] == edit
+
+
+def test_word_substitutes_are_saved_and_older_models_explain_by_gradients(film_model, tmp_path):
+    import shutil
+
+    predictor, folder, row = film_model
+    loaded = Predictor.load(folder / "model")
+    assert loaded.word_substitutes["text"].places == predictor.word_substitutes["text"].places
+    older = tmp_path / "older"
+    shutil.copytree(folder / "model", older)
+    (older / "word_substitutes.json").unlink()
+    old = Predictor.load(older)
+    assert explain_row(old, row).word_method == {"text": "integrated-gradients"}
+    with pytest.raises(ValueError, match="word_substitutes.json"):
+        explain_row(old, row, words="counterfactual")
 
 
 def test_integrated_gradients_through_a_transformers_encoder(tmp_path):

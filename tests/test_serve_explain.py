@@ -62,6 +62,8 @@ def test_explain_returns_the_heatmap_words_and_shapley_values(server, predictor,
     direct = explain_row(predictor, {"image": str(image), "text": QUESTION})
     assert grid == pytest.approx(np.asarray(direct.heatmaps["image"]), abs=1e-3)
     assert explanation["shapley"] == pytest.approx(direct.shapley, abs=1e-4)
+    assert explanation["word_method"] == direct.word_method == {"text": "counterfactual"}
+    assert explanation["edits"] == direct.edits and len(direct.edits["text"]) == len(QUESTION.split())
 
 
 def test_each_row_explains_the_inputs_it_has(server, tiny_model):

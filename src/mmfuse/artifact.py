@@ -20,8 +20,10 @@ from .errors import ArtifactError, MmfuseError, brief
 from .metric_format import format_metric, json_safe
 from .model import build_encoders, build_model
 from .safe_yaml import read_yaml
+from .word_substitutes import WordSubstitutes
 
 FILES = ("config.yaml", "model.safetensors", "labels.json", "encoders.json")
+SUBSTITUTES = "word_substitutes.json"  # optional: the words training texts use in each place (explain)
 
 
 def rebuilt_prefixes(model) -> tuple[str, ...]:
@@ -47,6 +49,9 @@ def save_artifact(predictor, directory: str | Path) -> Path:
     write_atomic(out / "encoders.json", json.dumps(encoders, indent=1))
     write_atomic(out / "metrics.json", json.dumps(json_safe({"fit": predictor.fit_summary, **predictor.metrics}), indent=2))
     write_atomic(out / "README.md", model_card(predictor))
+    if predictor.word_substitutes:
+        write_atomic(out / SUBSTITUTES, json.dumps({m: s.places for m, s in predictor.word_substitutes.items()},
+                                                   indent=1, sort_keys=True))
     return out
 
 
@@ -72,6 +77,10 @@ def read_labels(file: Path) -> list[str]:
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
         raise ValueError("expected a JSON list of label strings")
     return labels
+
+
+def read_substitutes(file: Path) -> dict[str, WordSubstitutes]:
+    return {modality: WordSubstitutes.from_dict(places) for modality, places in read_json(file).items()}
 
 
 def read_config(file: Path):
@@ -122,6 +131,8 @@ def load_artifact(cls, directory: str | Path):
         saved = read_part(metrics_file, read_json)
         predictor.fit_summary = saved.get("fit", {})
         predictor.metrics = {k: v for k, v in saved.items() if k != "fit"}
+    if (path / SUBSTITUTES).is_file():  # older models have none: explain falls back to gradients
+        predictor.word_substitutes = read_part(path / SUBSTITUTES, read_substitutes)
     if (path / "onnx" / "manifest.json").is_file():  # written by `mmfuse export`: predict with onnxruntime
         from .export.runner import OnnxRunner
 

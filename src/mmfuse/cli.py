@@ -304,22 +304,28 @@ app.command("predict")(_with_options(predict, _modality_options()))
 def explain(
     model: Path = typer.Argument(..., help="A model directory (a classification model)."),
     out: Path = typer.Option(Path("explanation"), help="Folder for explanation.json and <modality>_heatmap.png."),
+    words: str = typer.Option("auto", help="Word attributions: counterfactual (each word's most decisive edit: "
+                              "deleted, or replaced by a word the training texts use in its place), "
+                              "integrated-gradients, occlusion, or auto (counterfactual where the model "
+                              "kept its word substitutes)."),
     **inputs: Any,
 ) -> None:
     """Why the model answers as it does for one row: a heatmap over the image regions (Grad-CAM),
-    each word's attribution (Integrated Gradients) and each modality's Shapley value."""
+    each word's attribution and each modality's Shapley value."""
     import json
 
-    from .explain import explain_row, overlay
+    from .explain import WORD_METHODS, explain_row, overlay
     from .modalities import MODALITIES
     from .predictor import Predictor
 
+    if words != "auto" and words not in WORD_METHODS:
+        raise MmfuseError(f"--words {words!r}: choose auto, {', '.join(WORD_METHODS)}")
     predictor = Predictor.load(model)
     row = {m: str(v.resolve()) if isinstance(v, Path) else v for m, v in inputs.items() if v is not None}
     _check_single_row(predictor, row)
     with _quiet("mmfuse.predictor"):
         try:
-            result = explain_row(predictor, row)
+            result = explain_row(predictor, row, words=words)
         except ValueError as error:
             raise MmfuseError(str(error)) from None
     out.mkdir(parents=True, exist_ok=True)
@@ -330,9 +336,13 @@ def explain(
         path = out / f"{modality}_heatmap.png"
         overlay(picture, grid).save(path)
         typer.echo(f"{modality} heatmap (Grad-CAM): {path}")
-    for modality, words in result.words.items():
-        shown = ", ".join(f"{w} {a:+.3f}" for w, a in sorted(words, key=lambda wa: -abs(wa[1]))[:5])
-        typer.echo(f"{modality} words, largest effect first: {shown}")
+    for modality, attributions in result.words.items():
+        shown = ", ".join(f"{w} {a:+.3f}" for w, a in sorted(attributions, key=lambda wa: -abs(wa[1]))[:5])
+        typer.echo(f"{modality} words ({result.word_method[modality]}), largest effect first: {shown}")
+        if result.edits.get(modality):  # aligned with the words: the top word's edit
+            top = max(range(len(attributions)), key=lambda i: abs(attributions[i][1]))
+            edit = result.edits[modality][top]
+            typer.echo(f"  its most decisive edit: {edit['edit']!r} -> {edit['answer']}")
     typer.echo("modality Shapley values: " + ", ".join(f"{m} {v:+.3f}" for m, v in result.shapley.items()))
     typer.echo(f"written: {out / 'explanation.json'}")
 

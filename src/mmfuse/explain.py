@@ -3,12 +3,18 @@
 - a heatmap over each spatial modality's regions: gradient x activation of the predicted class's
   logit (the per-region form of Grad-CAM, Selvaraju et al. 2017), summed over channels and clipped
   at zero, on a CNN encoder's 16x16 feature map (or the tokens the fusion reads);
-- an attribution per word of each worded modality (text): Integrated Gradients (Sundararajan et
-  al. 2017, Captum's LayerIntegratedGradients) of the predicted class's log-odds (log p / (1 - p)) on the text
-  encoder's token embeddings, from a baseline whose word tokens are all the encoder's neutral token
-  and summed over each word's tokens; the attributions sum to the log-odds' change from
-  the baseline. Encoders without token embeddings fall back to occlusion (the log-odds with
-  the word minus without it), which cannot credit a word whose information the rest repeats;
+- an attribution per word of each worded modality (text), by one of three methods (WORD_METHODS):
+  - counterfactual (the default for a model that kept its word substitutes): the largest drop in
+    the predicted class's log-odds (log p / (1 - p)) over the word's edits - deleting it, or
+    replacing it by a word the training texts use between the same neighbours
+    (mmfuse.word_substitutes) - with the edit that drops it most and the answer it then gets. The
+    edits stay texts of the kind the model was trained on, where a blank or a deletion asks it
+    about texts it never saw;
+  - Integrated Gradients (Sundararajan et al. 2017, Captum's LayerIntegratedGradients) of the
+    log-odds on the text encoder's token embeddings, from a baseline whose word tokens are all the
+    encoder's neutral token, summed over each word's tokens; the attributions sum to the log-odds'
+    change from the baseline (the default for older models);
+  - occlusion: the log-odds with the word minus without it (encoders without token embeddings);
 - exact Shapley values of the modalities, by masking: the predicted class's probability with each
   subset of modalities present (2^n forward passes; n <= 3 here), so they sum to
   p(all present) - p(none present).
@@ -35,16 +41,20 @@ class Explanation:
     probability: float
     heatmaps: dict[str, list[list[float]]] = field(default_factory=dict)  # modality -> grid in [0, 1]
     words: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # modality -> (word, attribution)
+    word_method: dict[str, str] = field(default_factory=dict)  # modality -> the method that gave `words`
+    # modality -> per word, its most decisive edit: {"word", "edit" (the edited text), "answer"} (counterfactual)
+    edits: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     shapley: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"prediction": self.prediction, "probability": self.probability, "heatmaps": self.heatmaps,
                 "words": {m: [{"word": w, "attribution": a} for w, a in ws] for m, ws in self.words.items()},
-                "shapley": self.shapley}
+                "word_method": self.word_method, "edits": self.edits, "shapley": self.shapley}
 
 
-def explain_row(predictor, row: dict[str, Any]) -> Explanation:
-    """`row`: {modality: value} for one input (absent modalities left out)."""
+def explain_row(predictor, row: dict[str, Any], words: str = "auto") -> Explanation:
+    """`row`: {modality: value} for one input (absent modalities left out); `words`: a WORD_METHODS
+    name, or "auto" (counterfactual where the model kept its word substitutes, else gradients)."""
     from .tasks import create_task
 
     if not create_task(predictor.config.task).explainable:
@@ -58,7 +68,13 @@ def explain_row(predictor, row: dict[str, Any]) -> Explanation:
     explanation.heatmaps = grad_cam(predictor, row, target)
     for modality, value in row.items():
         if MODALITIES[modality].worded and isinstance(value, str) and value.strip():
-            explanation.words[modality] = word_attributions(predictor, row, modality, target)
+            method = word_method(predictor, modality, words)
+            if method == "counterfactual":
+                explanation.words[modality], explanation.edits[modality] = word_counterfactuals(
+                    predictor, row, modality, target)
+            else:
+                explanation.words[modality] = WORD_METHODS[method](predictor, row, modality, target)
+            explanation.word_method[modality] = method
     explanation.shapley = modality_shapley(predictor, row, target)
     return explanation
 
@@ -131,11 +147,48 @@ def grad_cam(predictor, row: dict[str, Any], target: int, min_side: int = 16) ->
     return maps
 
 
-def word_attributions(predictor, row: dict[str, Any], modality: str, target: int) -> list[tuple[str, float]]:
-    """(word, attribution) for each whitespace-separated word of `row[modality]`."""
-    if hasattr(predictor.model.encoders[modality], "token_spans"):
-        return integrated_gradients(predictor, row, modality, target)
-    return word_occlusion(predictor, row, modality, target)
+def word_method(predictor, modality: str, asked: str = "auto") -> str:
+    """The word attribution method used for `modality`: `asked`, or for "auto" the best this model allows."""
+    substitutes = predictor.word_substitutes.get(modality)
+    if asked == "auto":
+        if substitutes is not None and substitutes.places:  # with no alternative anywhere it is occlusion
+            return "counterfactual"
+        return "integrated-gradients" if hasattr(predictor.model.encoders[modality], "token_spans") else "occlusion"
+    if asked not in WORD_METHODS:
+        raise ValueError(f"word attributions: {asked!r} is not one of auto, {', '.join(WORD_METHODS)}")
+    if asked == "counterfactual" and substitutes is None:
+        raise ValueError("counterfactual word attributions need the word substitutes that training writes "
+                         "(word_substitutes.json in the model directory); this model has none: train it again, "
+                         "or use --words integrated-gradients")
+    if asked == "integrated-gradients" and not hasattr(predictor.model.encoders[modality], "token_spans"):
+        raise ValueError(f"the {modality} encoder has no token embeddings for Integrated Gradients; "
+                         "use --words occlusion")
+    return asked
+
+
+def word_counterfactuals(predictor, row: dict[str, Any], modality: str,
+                         target: int) -> tuple[list[tuple[str, float]], list[dict[str, str]]]:
+    """Per word: the largest drop of the target's log-odds over its edits (deleted, or replaced by a
+    word the training texts use in its place), and that edit {"word", "edit", "answer"}. Positive:
+    some edit of the word takes support from the answer; negative: every edit adds to it."""
+    words = row[modality].split()
+    substitutes = predictor.word_substitutes[modality]
+    edits = [(i, words[:i] + words[i + 1:]) for i in range(len(words))]
+    edits += [(i, words[:i] + [other] + words[i + 1:])
+              for i in range(len(words)) for other in substitutes.alternatives(words, i)]
+    variants = [{m: v for m, v in {**row, modality: " ".join(edit) or None}.items() if v is not None}
+                for _, edit in edits]
+    logits = row_logits(predictor, [row, *variants])
+    drops = (log_odds(logits, target)[0] - log_odds(logits[1:], target)).tolist()
+    answers = logits[1:].argmax(-1).tolist()
+    best: dict[int, int] = {}  # word position -> its edit with the largest drop
+    for n, (i, _) in enumerate(edits):
+        if i not in best or drops[n] > drops[best[i]]:
+            best[i] = n
+    attributions = [(word, drops[best[i]]) for i, word in enumerate(words)]
+    decisive = [{"word": word, "edit": " ".join(edits[best[i]][1]), "answer": predictor.labels[answers[best[i]]]}
+                for i, word in enumerate(words)]
+    return attributions, decisive
 
 
 IG_BATCH = 8  # interpolation steps per pass through the text encoder: bounds the memory it holds for gradients
@@ -193,6 +246,10 @@ def word_occlusion(predictor, row: dict[str, Any], modality: str, target: int) -
     # matters and not at all without one that does not; log-odds keep them apart.
     scores = log_odds(row_logits(predictor, [row, *variants]), target)
     return [(word, float(scores[0] - scores[i + 1])) for i, word in enumerate(words)]
+
+
+WORD_METHODS = {"counterfactual": word_counterfactuals, "integrated-gradients": integrated_gradients,
+                "occlusion": word_occlusion}
 
 
 def modality_shapley(predictor, row: dict[str, Any], target: int) -> dict[str, float]:

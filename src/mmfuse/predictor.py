@@ -22,6 +22,7 @@ from .modalities import MODALITIES
 from .inference import predict_outputs
 from .robustness import LEVELS, NOISES, perturbation
 from .tasks import Task, create_task
+from .word_substitutes import WordSubstitutes
 from .model import MultimodalModel, build_encoders, build_model
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class Predictor:
         self.labels: list[str] = list(self.config.data.labels or [])
         self.model: MultimodalModel | None = None
         self.fit_summary: dict[str, Any] = {}
+        # worded modality -> the words its training texts use in each place (explain's edits)
+        self.word_substitutes: dict[str, WordSubstitutes] = {}
         self.metrics: dict[str, Any] = {}
         self.bad_rows: list[BadRow] = []
         self.runner = None  # an onnxruntime runner when loaded from an exported directory (mmfuse export)
@@ -183,6 +186,8 @@ class Predictor:
         encoders = build_encoders(self.config)
         for modality, encoder in encoders.items():
             encoder.fit([v for v in train_frame[modality].tolist() if isinstance(v, str)])
+        self.word_substitutes = {m: WordSubstitutes.fit(v for v in train_frame[m].tolist() if isinstance(v, str))
+                                 for m in encoders if MODALITIES[m].worded}
         self.model = build_model(self.config, len(self.labels), encoders)
         train_set = self._dataset(train_frame)
         if resume is None:

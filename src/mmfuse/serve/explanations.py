@@ -46,4 +46,5 @@ def explain(predictor, row: ModelRow) -> Explanation | None:
         predictor.bad_rows.clear()  # the Predictor accumulates these; a server must not
     heatmaps = {m: [[round(v, DECIMALS) for v in line] for line in grid] for m, grid in found["heatmaps"].items()}
     return Explanation(label=found["prediction"], probability=found["probability"], heatmaps=heatmaps,
-                       words=found["words"], shapley=found["shapley"])
+                       words=found["words"], word_method=found["word_method"], edits=found["edits"],
+                       shapley=found["shapley"])

@@ -77,7 +77,14 @@ class WordAttribution(BaseModel):
     model_config = ConfigDict(extra="allow")  # a method may say more of a word (kept as it says it)
 
     word: str
-    attribution: float = Field(description="The word's effect on the answer's log-probability: > 0 for, < 0 against.")
+    attribution: float = Field(description="The word's effect on the answer's log-odds, by the method in "
+                                           "word_method: > 0 for, < 0 against.")
+
+
+class WordEdit(BaseModel):
+    word: str
+    edit: str = Field(description="The text with this word deleted or replaced: its edit that lowers the answer most.")
+    answer: str = Field(description="The model's answer to the edited text.")
 
 
 class Explanation(BaseModel):
@@ -90,6 +97,12 @@ class Explanation(BaseModel):
                     "(1: the region that counted most).")
     words: dict[str, list[WordAttribution]] = Field(
         description="Worded modality (text) -> its words in order (as the model read them: masked with mask_pii).")
+    word_method: dict[str, str] = Field(
+        default_factory=dict, description="Worded modality -> how its words were attributed: counterfactual "
+                                          "(each word's most decisive edit), integrated-gradients or occlusion.")
+    edits: dict[str, list[WordEdit]] = Field(
+        default_factory=dict, description="Worded modality -> per word, in order, its most decisive edit "
+                                          "(counterfactual only).")
     shapley: dict[str, float] = Field(description="Modality -> its Shapley value for the answer's probability.")
 
 
