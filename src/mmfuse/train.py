@@ -25,11 +25,12 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .atomic import write_atomic
-from .config import Config
+from .config import Config, TrainConfig
 from .data.batching import Batch, TableDataset, make_loader
 from .distributed_norm import to_global, to_plain
 from .errors import ArtifactError, MmfuseError, brief
 from .model import MultimodalModel
+from .semi_supervised import PairedBatch, PseudoLabelling, describe, make_paired_loader
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,34 @@ def frozen_prefixes(model: MultimodalModel) -> list[str]:
     return [f"model.encoders.{m}." for m, e in model.encoders.items() if e.rebuilt_on_load]
 
 
+def optimizer_and_schedule(parameters, cfg: TrainConfig, total_steps: int) -> Any:
+    """AdamW with train.schedule (onecycle, cosine with linear warm-up, or constant), stepped per
+    batch: what Lightning's configure_optimizers returns, for every model mmfuse trains."""
+    optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = max(1, total_steps)
+    if cfg.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
+                                                        pct_start=max(cfg.warmup_fraction, 0.01))
+    elif cfg.schedule == "cosine":
+        warm = int(cfg.warmup_fraction * total)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    else:
+        return optimizer
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
 class FusionTask(L.LightningModule):
-    def __init__(self, model: MultimodalModel, config: Config, steps_per_epoch: int):
+    def __init__(self, model: MultimodalModel, config: Config, steps_per_epoch: int,
+                 semi: PseudoLabelling | None = None):
         super().__init__()
         self.model = model
+        self.semi = semi  # semi_supervised: batches pair labelled and unlabelled rows
         self.config = config
         self.steps_per_epoch = steps_per_epoch
         task = model.head.task
@@ -66,7 +91,10 @@ class FusionTask(L.LightningModule):
         # Under DDP each process draws its own masks (the same seed would repeat one mask on every share).
         torch.manual_seed(hash(step if self.trainer.world_size == 1 else (*step, self.global_rank)) % 2**62)
 
-    def training_step(self, batch: Batch, _: int) -> torch.Tensor:
+    def training_step(self, batch: Batch | PairedBatch, _: int) -> torch.Tensor:
+        unlabelled = None
+        if isinstance(batch, PairedBatch):
+            batch, unlabelled = batch.labelled, batch.unlabelled
         if self.config.train.modality_dropout:
             batch = drop_modalities(batch, self.config.train.modality_dropout)
         feats = self.model.encode(batch)
@@ -75,6 +103,11 @@ class FusionTask(L.LightningModule):
             aligned = self.model.alignment(feats)
             self.log("align_loss", aligned, batch_size=batch.size)
             loss = loss + aligned
+        if unlabelled is not None:
+            pseudo = self.semi.loss(self.model, unlabelled, self.current_epoch)
+            if pseudo is not None:
+                self.log("pseudo_label_loss", pseudo, batch_size=unlabelled.size)
+                loss = loss + pseudo
         self.log("train_loss", loss, prog_bar=True, batch_size=batch.size)
         return self.share_of_global_mean(loss, batch.size)
 
@@ -95,29 +128,30 @@ class FusionTask(L.LightningModule):
         self.log(self.monitor, self.val_metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch.size)
 
     def configure_optimizers(self) -> Any:
-        cfg = self.config.train
-        optimizer = torch.optim.AdamW(self.model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        total = max(1, cfg.epochs * self.steps_per_epoch)
-        if cfg.schedule == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
-                                                            pct_start=max(cfg.warmup_fraction, 0.01))
-        elif cfg.schedule == "cosine":
-            warm = int(cfg.warmup_fraction * total)
+        return optimizer_and_schedule(self.model.trainable_parameters(), self.config.train,
+                                      self.config.train.epochs * self.steps_per_epoch)
 
-            def factor(step: int) -> float:
-                if step < warm:
-                    return (step + 1) / warm
-                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        else:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def on_train_epoch_end(self) -> None:
+        if self.semi is None:
+            return
+        reduce = None
+        if self.trainer.world_size > 1:
+            reduce = lambda t: self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum").cpu()  # noqa: E731
+        figures = self.semi.end_epoch(self.current_epoch, reduce)
+        self.log_dict({f"semi/{k}": float(v) for k, v in figures.items() if v is not None and k != "epoch"})
+        if self.trainer.is_global_zero:
+            log.info("%s", describe(figures))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         prefixes = frozen_prefixes(self.model)
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if not k.startswith(tuple(prefixes))}
+        if self.semi is not None:  # a resumed run reports every epoch's pseudo-label figures
+            checkpoint["semi_supervised_history"] = self.semi.history
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.semi is not None:
+            self.semi.history = list(checkpoint.get("semi_supervised_history", []))
 
 
 def drop_modalities(batch: Batch, rates: dict[str, float]) -> Batch:
@@ -279,8 +313,11 @@ class DistributedTimeout(MmfuseError):
 
 def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | None, config: Config, *,
               output_dir: str | Path, resume: str | Path | None = None,
-              callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Train `model` in place (it ends holding the best checkpoint's weights) and return a summary."""
+              callbacks: Sequence[Callback] = (), unlabelled: TableDataset | None = None,
+              truth: torch.Tensor | None = None) -> dict[str, Any]:
+    """Train `model` in place (it ends holding the best checkpoint's weights) and return a summary.
+    `unlabelled` (semi_supervised): rows trained on with pseudo-labels; `truth`: their hidden labels
+    (label positions, -1 unknown), read only for the pseudo-label accuracy."""
     output_dir = Path(output_dir)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     has_val = val is not None and len(val) > 0
@@ -314,11 +351,17 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
     if world > 1:
         to_global(model)  # BatchNorm over the whole batch, not each process's share (undone below)
     # Each process shards the batches by its own rank, read when it iterates (rank=None).
-    train_loader = make_loader(train, config, shuffle=True, rank=None, world=None)
+    if unlabelled is not None:
+        train_loader = make_paired_loader(train, unlabelled, config)
+    else:
+        train_loader = make_loader(train, config, shuffle=True, rank=None, world=None)
     val_loader = make_loader(val, config, shuffle=False, rank=None, world=None) if has_val else None
     # At least one logged step per epoch: a small table's curves would otherwise stay empty.
     trainer.log_every_n_steps = max(1, min(10, len(train_loader)))
-    task = FusionTask(model, config, steps_per_epoch=len(train_loader))
+    semi = None if unlabelled is None else PseudoLabelling(
+        config.semi_supervised, num_classes=model.head.out_dim, rows=len(unlabelled),
+        steps_per_epoch=len(train_loader), truth=truth)
+    task = FusionTask(model, config, steps_per_epoch=len(train_loader), semi=semi)
     if resume:
         check_fits(read_checkpoint(resume), task, resume)
         # Lightning creates the resumed epoch's iterator before it calls set_epoch: set it first.
@@ -345,7 +388,8 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         task.load_state_dict(state, strict=False)
     score, last = checkpoint.best_model_score, trainer.callback_metrics.get(monitor)
-    return {"train_seconds": seconds, "epochs": trainer.current_epoch, "best_checkpoint": best,
+    summary = {} if semi is None else {"semi_supervised": semi.summary(labelled=len(train))}
+    return summary | {"train_seconds": seconds, "epochs": trainer.current_epoch, "best_checkpoint": best,
             "last_checkpoint": latest.best_model_path, "tensorboard": logger.log_dir,
             # DDP: every process ends here with the same weights; only rank 0 writes files after training.
             "processes": world, "rank": rank,

@@ -319,14 +319,15 @@ def _rebind_hint(role: str) -> str:
 
 def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: str,
                   modalities: list[str], labels: list[str] | None = None,
-                  require_label: bool = True, rebind: bool = False) -> Manifest:
+                  require_label: bool = True, rebind: bool = False, unlabelled: bool = False) -> Manifest:
     """Read and check a table (or built-in data set) into a Manifest of good rows + bad rows.
 
     require_label=False is for prediction: the label column may be absent, and a missing or
     unknown label leaves `label` None instead of making the row bad. Every input column must be
     there either way: a model answering without an input it was trained with answers wrong
     without a word (leave one out by binding it to None). `rebind`: a missing column's message
-    says how to name it for one call (a table given to a trained model).
+    says how to name it for one call (a table given to a trained model). `unlabelled`: a row with
+    an empty label cell is kept with label None (semi-supervised training), not a bad row.
     """
     from ..tasks import create_task
 
@@ -362,7 +363,7 @@ def load_manifest(source: str | Path | pd.DataFrame, data: DataConfig, *, task: 
 
     allowed_list = labels if labels is not None else data.labels
     allowed = {str(v) for v in allowed_list} if allowed_list is not None and spec.per_label else None
-    checker = _RowChecker(name, base, data, spec, wanted, used, allowed, require_label)
+    checker = _RowChecker(name, base, data, spec, wanted, used, allowed, require_label, unlabelled)
     n = 0
     for piece in chain([first], pieces):
         checker.check(piece)
@@ -384,8 +385,9 @@ class _RowChecker:
     a million rows of 167k images hold 167k path strings), the bad ones as BadRows."""
 
     def __init__(self, name: str, base: str, data: DataConfig, spec: Any, wanted: dict[str, str],
-                 used: list[str], allowed: set[str] | None, require_label: bool):
+                 used: list[str], allowed: set[str] | None, require_label: bool, unlabelled: bool = False):
         self.name, self.base, self.data, self.spec = name, base, data, spec
+        self.unlabelled = unlabelled
         self.wanted, self.used, self.allowed, self.require_label = wanted, used, allowed, require_label
         self.out: dict[str, list] = {key: [] for key in (*used, "label", "split")}
         self.rows: list[np.ndarray] = []
@@ -439,6 +441,9 @@ class _RowChecker:
         return record
 
     def parse_label(self, cells: dict[str, Any]) -> Any:
+        value = cells["label"]
+        if self.unlabelled and (is_missing(value) or (isinstance(value, str) and not value.strip())):
+            return None  # an unlabelled row (semi_supervised), not a bad one
         try:
             if is_missing(cells["label"]):
                 raise _RowProblem("missing label")

@@ -1,0 +1,194 @@
+"""Learning from few labels, USB-style: test accuracy with 1%, 5% and 10% of the training IMAGES
+labelled (every question of a labelled image labelled, the rest unlabelled), three ways:
+
+- supervised only: the labelled rows alone, for as many optimizer steps as the semi-supervised run;
+- semi-supervised: the labelled rows plus the unlabelled ones with pseudo-labels (`semi_supervised`);
+- fully supervised: every training row labelled (the ceiling; the same for every fraction).
+
+Each data set's `compare:` settings (EfficientNet-Lite0 frozen at 64 px and MiniLM, features cached
+once; batches of 256 rows) with FiLM fusion; every run the same epochs (an epoch of the
+semi-supervised run is one pass over the unlabelled rows). The label set is known in advance
+(data.labels), as in USB. Scored on the official test split; gap closed = (semi - sup) / (full - sup).
+
+    python bench/few_labels.py [--quick] [--datasets easy_vqa,shape_scenes] [--fractions 0.01,0.05,0.1]
+                               [--seeds 3] [--epochs 8] [--adaptive freematch] [--out runs/few_labels]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# bench/easy_vqa.py would shadow the `easy_vqa` data package: drop this folder from the path.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from mmfuse import Predictor  # noqa: E402
+from mmfuse.config import parse_config, set_path  # noqa: E402
+from mmfuse.data.datasets import load_builtin  # noqa: E402
+from mmfuse.safe_yaml import read_yaml  # noqa: E402
+
+CONFIGS = {"easy_vqa": ROOT / "configs/easy_vqa.yaml", "shape_scenes": ROOT / "configs/shape_scenes.yaml"}
+
+
+def base_config(name: str, epochs: int, labels: list[str], out: str, **overrides) -> dict:
+    """The data set's config with its compare settings (frozen, cached encoders), FiLM fusion."""
+    raw = read_yaml(CONFIGS[name])
+    for key, value in {**raw.get("compare", {}).get("set", {}), **overrides}.items():
+        set_path(raw, key, value)
+    raw.update(tune={}, compare={})
+    set_path(raw, "encoders.image.options", {})  # the small CNN's options do not fit EfficientNet
+    set_path(raw, "train.epochs", epochs)
+    set_path(raw, "train.keep", "last")  # no validation split: a few labels would not spare one
+    set_path(raw, "train.progress_bar", False)
+    set_path(raw, "data.labels", labels)
+    set_path(raw, "output_dir", out)
+    return raw
+
+
+def label_images(train: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """The training table with only `fraction` of its images labelled; the truth kept aside in
+    label_hidden (read for the pseudo-label accuracy only)."""
+    images = np.array(sorted(train["image"].unique()))
+    count = max(1, round(fraction * len(images)))
+    chosen = set(np.random.default_rng(seed).choice(images, size=count, replace=False))
+    frame = train.assign(label_hidden=train["answer"])
+    frame.loc[~frame["image"].isin(chosen), "answer"] = None
+    return frame
+
+
+def run(raw: dict, train: pd.DataFrame, test: pd.DataFrame) -> dict:
+    predictor = Predictor(parse_config(raw)).fit(train)
+    accuracy = predictor.evaluate(test)["metrics"]["accuracy"]
+    return {"accuracy": accuracy, "train_s": predictor.fit_summary["train_seconds"],
+            "semi": predictor.fit_summary.get("semi_supervised")}
+
+
+def steps(rows: int, batch: int) -> int:
+    return math.ceil(rows / batch)
+
+
+def bench_dataset(name: str, fractions: list[float], seeds: list[int], epochs: int, semi: dict, out: Path) -> dict:
+    table = load_builtin(name)
+    train, test = table[table["split"] == "train"].reset_index(drop=True), table[table["split"] == "test"]
+    train, test = train.drop(columns="split"), test.drop(columns="split")
+    labels = sorted(table["answer"].unique().tolist())
+    batch = 256
+    result = {"full": [], "fractions": {}}
+    for seed in seeds:
+        raw = base_config(name, epochs, labels, str(out / f"{name}-full-{seed}"), **{"train.seed": seed})
+        result["full"].append(run(raw, train, test))
+        print(f"{name} full seed {seed}: {result['full'][-1]['accuracy']:.4f}", flush=True)
+    for fraction in fractions:
+        cell = result["fractions"][fraction] = {"sup": [], "semi": []}
+        for seed in seeds:
+            frame = label_images(train, fraction, seed)
+            labelled = frame[frame["answer"].notna()]
+            unlabelled_rows = len(frame) - len(labelled)
+            # Supervised only gets the semi-supervised run's optimizer steps (USB compares at equal iterations).
+            semi_steps = epochs * max(steps(len(labelled), batch), steps(unlabelled_rows, batch * semi["ratio"]))
+            sup_epochs = math.ceil(semi_steps / steps(len(labelled), batch))
+            raw = base_config(name, sup_epochs, labels, str(out / f"{name}-sup-{fraction}-{seed}"),
+                              **{"train.seed": seed})
+            cell["sup"].append(run(raw, labelled.drop(columns="label_hidden"), test))
+            raw = base_config(name, epochs, labels, str(out / f"{name}-semi-{fraction}-{seed}"),
+                              **{"train.seed": seed, "semi_supervised": {**semi, "truth_column": "label_hidden"}})
+            cell["semi"].append(run(raw, frame, test))
+            cell.setdefault("images", labelled["image"].nunique())
+            cell.setdefault("rows", len(labelled))
+            print(f"{name} {fraction:.0%} seed {seed}: sup {cell['sup'][-1]['accuracy']:.4f} "
+                  f"({sup_epochs} epochs), semi {cell['semi'][-1]['accuracy']:.4f}", flush=True)
+    return result
+
+
+def mean_std(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {spread:.4f}"
+
+
+def accuracies(runs: list[dict]) -> list[float]:
+    return [r["accuracy"] for r in runs]
+
+
+def table(results: dict) -> list[str]:
+    lines = ["| data set | labelled images | labelled rows | supervised only | semi-supervised | fully supervised "
+             "| gap closed | train s (sup / semi / full) |", "|---|---|---|---|---|---|---|---|"]
+    for name, result in results.items():
+        full = accuracies(result["full"])
+        full_s = statistics.mean(r["train_s"] for r in result["full"])
+        for fraction, cell in result["fractions"].items():
+            sup, semi = accuracies(cell["sup"]), accuracies(cell["semi"])
+            gap = statistics.mean(full) - statistics.mean(sup)
+            closed = (statistics.mean(semi) - statistics.mean(sup)) / gap if gap > 0 else float("nan")
+            seconds = [statistics.mean(r["train_s"] for r in cell[k]) for k in ("sup", "semi")]
+            lines.append(f"| {name} | {fraction:.0%} ({cell['images']}) | {cell['rows']} | {mean_std(sup)} | "
+                         f"{mean_std(semi)} | {mean_std(full)} | {closed:.2f} | "
+                         f"{seconds[0]:.0f} / {seconds[1]:.0f} / {full_s:.0f} |")
+    return lines
+
+
+def pseudo_label_lines(results: dict) -> list[str]:
+    lines = []
+    for name, result in results.items():
+        fraction = 0.05 if 0.05 in result["fractions"] else next(iter(result["fractions"]))
+        history = result["fractions"][fraction]["semi"][0]["semi"]
+        lines += [f"", f"Pseudo-labels per epoch, {name}, {fraction:.0%} labelled, first seed "
+                  f"({history['labelled']} labelled, {history['unlabelled']} unlabelled rows):", "",
+                  "| epoch | threshold (mean over classes) | mask rate | accuracy of used pseudo-labels | accuracy of all |",
+                  "|---|---|---|---|---|"]
+        show = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        for e in history["epochs"]:
+            lines.append(f"| {e['epoch']}{' (warm-up)' if e['warmup'] else ''} | {e['threshold']:.4f} | "
+                         f"{show(e['mask_rate'])} | {show(e['pseudo_label_accuracy'])} | {show(e['pseudo_label_accuracy_all'])} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="5%% only, one seed")
+    parser.add_argument("--datasets", default="easy_vqa,shape_scenes")
+    parser.add_argument("--fractions", default="0.01,0.05,0.1")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--adaptive", default="freematch", choices=["none", "freematch", "flexmatch"])
+    parser.add_argument("--threshold", type=float, default=0.95, help="tau for adaptive none / flexmatch")
+    parser.add_argument("--ratio", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--modality-dropout", type=float, default=0.2)
+    parser.add_argument("--out", default=str(ROOT / "runs/few_labels"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    fractions = [0.05] if args.quick else [float(f) for f in args.fractions.split(",")]
+    seeds = list(range(1 if args.quick else args.seeds))
+    semi = {"adaptive": args.adaptive, "ratio": args.ratio, "warmup_epochs": args.warmup,
+            "modality_dropout": args.modality_dropout}
+    if args.adaptive != "freematch":
+        semi["threshold"] = args.threshold
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    results = {}
+    with tempfile.TemporaryDirectory(dir=out) as runs:
+        for name in args.datasets.split(","):
+            results[name] = bench_dataset(name, fractions, seeds, args.epochs, semi, Path(runs))
+    wall = time.perf_counter() - start
+    print()
+    print(f"`python bench/few_labels.py {' '.join(sys.argv[1:])}` — semi_supervised {json.dumps(semi)}; "
+          f"{args.epochs} epochs, seeds {seeds}; wall {wall / 60:.1f} min")
+    print()
+    print("\n".join(table(results) + pseudo_label_lines(results)))
+    (out / "results.json").write_text(json.dumps({"settings": {**vars(args), "semi": semi}, "results": results},
+                                                 indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
