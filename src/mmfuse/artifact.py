@@ -92,6 +92,10 @@ def load_artifact(cls, directory: str | Path):
     path = Path(directory)
     if not path.is_dir():
         raise ArtifactError(f"{path} is not a model directory")
+    if (path / "caption.json").is_file():  # mmfuse.captioning's format: its own loader and command
+        raise ArtifactError(f"{path} is a caption model: caption images with `mmfuse caption {path} --image IMAGE` "
+                            "(predict, evaluate, explain and serve take classification, multi-label and "
+                            "regression models)")
     missing = [name for name in FILES if not (path / name).is_file()]
     if missing:
         raise ArtifactError(f"{path} is missing {', '.join(missing)}; was it written by Predictor.save?")

@@ -77,6 +77,11 @@ def train(
     check_replaceable(run / "model", cfg)  # before training: an hour's run must not end in this error
     if resume is not None:
         read_checkpoint(resume)  # a bad checkpoint fails before any data is read
+    if cfg.task == "caption":  # a decoder with its own training loop (docs/captioning.md)
+        from .captioning.train import train_captioner
+
+        train_captioner(cfg, resume=resume, echo=typer.echo)
+        return
     try:
         predictor = Predictor(cfg).fit(resume=resume)
     except TrainingInterrupted as stop:
@@ -608,8 +613,13 @@ def export(
 ) -> None:
     """ONNX graphs (image tower, text tower, fusion + head) in a model directory that Predictor.load runs
     with onnxruntime; optionally int8-quantized and/or pruned."""
+    from .captioning.artifact import is_caption_model
     from .export import export_model
     from .export.measure import format_table
+
+    if is_caption_model(model):
+        raise MmfuseError(f"{model} is a caption model: captioning models are not exported (export covers "
+                          "classification, multi-label and regression models)")
 
     result = export_model(model, out, fmt=format_, quantize=quantize, prune=prune,
                           finetune_epochs=finetune_epochs, evaluate=evaluate, threads=threads)
@@ -617,6 +627,31 @@ def export(
         typer.echo(format_table(result["lines"]))
         typer.echo(f"report: {model / 'report' / 'export.md'}")
     typer.echo(f"exported to {result['out']}")
+
+
+@app.command()
+def caption(
+    model: Path = typer.Argument(..., help="A caption model directory (mmfuse train with task: caption)."),
+    image: list[Path] = typer.Option(..., "--image", help="An image to caption (repeatable)."),
+    beam_size: Optional[int] = typer.Option(None, min=1, help="Beam size (default: the model's caption.beam_size; 1: greedy)."),
+    length_penalty: Optional[float] = typer.Option(None, help="GNMT length penalty alpha (default: the model's)."),
+) -> None:
+    """Caption images with a trained caption model: one line per image."""
+    from .captioning.artifact import load_captioner
+    from .captioning.model import caption_images, pixels_of
+    from .data.media import MediaError, open_image
+
+    captioner, cfg = load_captioner(model)
+    pictures = []
+    for path in image:
+        try:
+            pictures.append(open_image(path, max_pixels=cfg.data.max_pixels))
+        except (MediaError, OSError) as error:
+            raise MmfuseError(f"--image {path}: {error}") from None
+    captions = caption_images(captioner, pixels_of(captioner, pictures), beam_size=beam_size,
+                              length_penalty=length_penalty)
+    for path, text in zip(image, captions):
+        typer.echo(f"{path}\t{text}")
 
 
 def launched_rank() -> int:
