@@ -233,6 +233,16 @@ def test_train_command_trains_saves_and_captions(tmp_path):
     assert result.exit_code == 0 and result.output.startswith(str(tmp_path / names[0]) + "\t"), result.output
     result = runner.invoke(app, ["export", str(model)])
     assert result.exit_code != 0 and "captioning models are not exported" in str(result.exception)
+    # A table (relative paths, a missing image skipped and counted), captioned in batches, as CSV.
+    pd.DataFrame({"picture": [names[0], "gone.png", names[1], names[2]]}).to_csv(tmp_path / "todo.csv", index=False)
+    result = runner.invoke(app, ["caption", str(model), "--images", str(tmp_path / "todo.csv"), "--image-column",
+                                 "picture", "--batch-size", "2", "--beam-size", "2", "--out", str(tmp_path / "c.csv")])
+    assert result.exit_code == 0, result.output
+    assert "1 bad rows skipped" in result.output and "3 captions written" in result.output
+    written = pd.read_csv(tmp_path / "c.csv", keep_default_na=False)
+    assert written["image"].tolist() == [str((tmp_path / n).resolve()) for n in names[:3]]
+    single = runner.invoke(app, ["caption", str(model), "--image", str(tmp_path / names[0]), "--beam-size", "2"])
+    assert written["caption"][0] == single.output.split("\t", 1)[1].strip()
     # The commands and the API for classifiers say what the directory is, not "missing labels.json".
     from mmfuse import Predictor
     from mmfuse.errors import ArtifactError

@@ -632,26 +632,49 @@ def export(
 @app.command()
 def caption(
     model: Path = typer.Argument(..., help="A caption model directory (mmfuse train with task: caption)."),
-    image: list[Path] = typer.Option(..., "--image", help="An image to caption (repeatable)."),
+    image: Optional[list[Path]] = typer.Option(None, "--image", help="An image to caption (repeatable)."),
+    images: Optional[Path] = typer.Option(None, help="A folder of images, or a table (CSV/JSONL/Parquet) with an "
+                                                     "image column: caption every one."),
+    image_column: str = typer.Option("image", help="With a table: its image column."),
+    out: Optional[Path] = typer.Option(None, help="Write image,caption as CSV here (default: print a line each)."),
+    batch_size: int = typer.Option(64, min=1, help="Images decoded and captioned at a time."),
     beam_size: Optional[int] = typer.Option(None, min=1, help="Beam size (default: the model's caption.beam_size; 1: greedy)."),
     length_penalty: Optional[float] = typer.Option(None, help="GNMT length penalty alpha (default: the model's)."),
 ) -> None:
-    """Caption images with a trained caption model: one line per image."""
+    """Caption images with a trained caption model: given ones (--image), or a folder or table
+    (--images; bad rows are skipped and counted); a line per image, or a CSV (--out)."""
+    import csv
+
     from .captioning.artifact import load_captioner
     from .captioning.model import caption_images, pixels_of
     from .data.media import MediaError, open_image
 
+    if bool(image) == (images is not None):
+        raise MmfuseError("give either --image (one or more) or --images (a folder or table)")
+    paths = [str(p) for p in image] if image else _gallery(images, image_column)["image"].tolist()
     captioner, cfg = load_captioner(model)
-    pictures = []
-    for path in image:
-        try:
-            pictures.append(open_image(path, max_pixels=cfg.data.max_pixels))
-        except (MediaError, OSError) as error:
-            raise MmfuseError(f"--image {path}: {error}") from None
-    captions = caption_images(captioner, pixels_of(captioner, pictures), beam_size=beam_size,
-                              length_penalty=length_penalty)
-    for path, text in zip(image, captions):
-        typer.echo(f"{path}\t{text}")
+    writer = None
+    with (open(out, "w", newline="") if out else contextlib.nullcontext()) as file:
+        if file is not None:
+            writer = csv.writer(file)
+            writer.writerow(["image", "caption"])
+        for start in range(0, len(paths), batch_size):  # a batch's pixels at a time: any number of images
+            chunk = paths[start:start + batch_size]
+            pictures = []
+            for path in chunk:
+                try:
+                    pictures.append(open_image(path, max_pixels=cfg.data.max_pixels))
+                except (MediaError, OSError) as error:
+                    raise MmfuseError(f"--image {path}: {error}") from None
+            captions = caption_images(captioner, pixels_of(captioner, pictures), beam_size=beam_size,
+                                      length_penalty=length_penalty)
+            for path, text in zip(chunk, captions):
+                if writer is None:
+                    typer.echo(f"{path}\t{text}")
+                else:
+                    writer.writerow([path, text])
+    if out:
+        typer.echo(f"{len(paths)} captions written to {out}")
 
 
 def launched_rank() -> int:
