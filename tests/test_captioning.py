@@ -154,6 +154,9 @@ def test_tokenizer_round_trip_and_unknown_pieces():
     assert ids[0, 0] == BOS
     assert tokenizer.decode(ids[0, 1:].tolist()) == "a red square, from left to right"
     assert tokenizer.decode(ids[1, 1:].tolist()) == "a [UNK] square"  # purple was never seen
+    colon = CaptionTokenizer.fit("minilm", ["two shapes: a red square; a circle"])
+    assert colon.decode(colon.encode(["two shapes: a red square; a circle"], 16)[0, 1:].tolist()) == \
+        "two shapes: a red square; a circle"
 
 
 # ----- data -----------------------------------------------------------------------------------

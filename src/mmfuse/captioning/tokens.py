@@ -10,6 +10,8 @@ embedding and output cover the pieces seen in training plus [PAD], [CLS] (start)
 """
 from __future__ import annotations
 
+import re
+
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -83,7 +85,9 @@ class CaptionTokenizer:
                 pieces.append(self.pieces[token - SPECIALS])
             elif token == UNK:
                 pieces.append(self.hf.unk_token_id)
-        return self.hf.decode(pieces, skip_special_tokens=False, clean_up_tokenization_spaces=True).strip()
+        text = self.hf.decode(pieces, skip_special_tokens=False, clean_up_tokenization_spaces=True)
+        # WordPiece's clean-up joins "." "," "?" "!" to the word before, not ":" or ";" ("shapes : a").
+        return re.sub(r" ([:;])", r"\1", text).strip()
 
     def state(self) -> dict:
         return {"tokenizer": self.name, "pieces": self.pieces}
