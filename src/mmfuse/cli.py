@@ -448,6 +448,9 @@ def serve(
                              **limits)
     if not (model / "config.yaml").is_file():
         raise MmfuseError(f"{model}: not a model directory (no config.yaml)")
+    if (model / "caption.json").is_file():  # before the server starts: it would only fail to load it
+        raise MmfuseError(f"{model} is a caption model: serving captions is not built yet; caption images with "
+                          f"`mmfuse caption {model} --images FOLDER_OR_TABLE`")
     run_server(settings.check())
 
 
