@@ -192,10 +192,12 @@ class Predictor:
         # Seed before building: the initial weights are part of what a seed must reproduce.
         torch.manual_seed(self.config.train.seed)
         encoders = build_encoders(self.config)
+        self.word_substitutes = {}
         for modality, encoder in encoders.items():
-            encoder.fit([v for v in train_frame[modality].tolist() if isinstance(v, str)])
-        self.word_substitutes = {m: WordSubstitutes.fit(v for v in train_frame[m].tolist() if isinstance(v, str))
-                                 for m in encoders if MODALITIES[m].worded}
+            texts = [v for v in train_frame[modality].tolist() if isinstance(v, str)]
+            encoder.fit(texts)
+            if MODALITIES[modality].worded:
+                self.word_substitutes[modality] = WordSubstitutes.fit(texts)
         self.model = build_model(self.config, len(self.labels), encoders)
         unlabelled_set = truth = None
         if semi is not None:

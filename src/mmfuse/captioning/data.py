@@ -48,7 +48,7 @@ class CaptionSet:
 def shape_scenes_source(seed: int = 0) -> Path:
     """The shape_scenes caption CSV (written on first use beside the scenes' images)."""
     caption_table(seed)
-    folder = scene_generator.data_root() / f"shape_scenes-{scene_generator.VERSION}-s{seed}"
+    folder = scene_generator.scenes_folder(seed=seed)
     return folder / f"captions-{CAPTIONS_VERSION}-k{CAPTIONS_PER_IMAGE}.csv"
 
 

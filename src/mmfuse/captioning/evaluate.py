@@ -15,13 +15,13 @@ from .metrics import caption_scores, tokenize
 @lru_cache(maxsize=2)
 def shape_scenes_by_path(seed: int = 0) -> dict[str, Scene]:
     """Every shape_scenes scene keyed by its image's absolute path (as caption tables hold it)."""
-    folder = scene_generator.data_root() / f"shape_scenes-{scene_generator.VERSION}-s{seed}"
+    folder = scene_generator.scenes_folder(seed=seed)
     return {str(folder / scene.image): scene for scene in iter_scenes(seed)}
 
 
 def scenes_of(images: Sequence[str]) -> list[Scene] | None:
     """The scenes of these images when every one is a shape_scenes image, else None."""
-    folder = str(scene_generator.data_root() / f"shape_scenes-{scene_generator.VERSION}-s")
+    folder = str(scene_generator.scenes_folder(seed=0))
     if not images or not all(str(image).startswith(folder) for image in images):
         return None  # not shape_scenes: no need to replay the generator
     known = shape_scenes_by_path()

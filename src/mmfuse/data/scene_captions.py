@@ -173,7 +173,7 @@ def caption_table(seed: int = 0, captions_per_image: int = CAPTIONS_PER_IMAGE,
                   root: Path | None = None) -> pd.DataFrame:
     """The shape_scenes caption set (image as an absolute path, caption, split: the scenes' own
     train/test split), written once beside the scenes' questions.csv and read back after that."""
-    folder = Path(root or scene_generator.data_root()) / f"shape_scenes-{scene_generator.VERSION}-s{seed}"
+    folder = scene_generator.scenes_folder(root, seed)
     path = folder / f"captions-{CAPTIONS_VERSION}-k{captions_per_image}.csv"
     if not path.is_file():
         scene_generator.load_shape_scenes(root, seed)  # the images, generated on first use

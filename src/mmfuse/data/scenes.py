@@ -33,9 +33,14 @@ def data_root() -> Path:
     return Path(os.environ.get("MMFUSE_DATA", Path.home() / ".cache" / "mmfuse" / "data"))
 
 
+def scenes_folder(root: Path | None = None, seed: int = 0) -> Path:
+    """Where the scenes of one seed live: images, questions.csv, the caption sets."""
+    return Path(root or data_root()) / f"shape_scenes-{VERSION}-s{seed}"
+
+
 def load_shape_scenes(root: Path | None = None, seed: int = 0) -> pd.DataFrame:
     """The table (image, question, answer, split), generating the images on first use."""
-    folder = (root or data_root()) / f"shape_scenes-{VERSION}-s{seed}"
+    folder = scenes_folder(root, seed)
     table = folder / "questions.csv"
     if not (folder / "COMPLETE").is_file():
         generate(folder, seed)
