@@ -77,12 +77,12 @@ def train(
     check_replaceable(run / "model", cfg)  # before training: an hour's run must not end in this error
     if resume is not None:
         read_checkpoint(resume)  # a bad checkpoint fails before any data is read
-    if cfg.task == "caption":  # a decoder with its own training loop (docs/captioning.md)
-        from .captioning.train import train_captioner
-
-        train_captioner(cfg, resume=resume, echo=typer.echo)
-        return
     try:
+        if cfg.task == "caption":  # a decoder with its own training loop (docs/captioning.md)
+            from .captioning.train import train_captioner
+
+            train_captioner(cfg, resume=resume, echo=typer.echo)
+            return
         predictor = Predictor(cfg).fit(resume=resume)
     except TrainingInterrupted as stop:
         again = ["mmfuse", "train", str(config), *(part for item in set_ for part in ("--set", item)),

@@ -183,7 +183,9 @@ class EpochSummary(Callback):
     def on_train_epoch_end(self, trainer, module) -> None:
         if not trainer.is_global_zero:  # one line per epoch, not one per DDP process
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train_loss", module.monitor)}
+        # A module may name what its line shows (the captioner: both caption metrics); else loss and monitor.
+        names = getattr(module, "epoch_metrics", ("train_loss", module.monitor))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in names}
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         log.info("epoch %d/%d  %s  (%.1f s)", trainer.current_epoch + 1, trainer.max_epochs, shown,
                  time.perf_counter() - self.start)
@@ -217,6 +219,18 @@ class SaveOnInterrupt(Callback):
         if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
             trainer.save_checkpoint(self.path, weights_only=False)  # optimizer and loops too: resumable
             self.signum = signal.SIGTERM if isinstance(exception, SIGTERMException) else signal.SIGINT
+
+
+def fit_resumably(trainer: L.Trainer, interrupt: SaveOnInterrupt, task: L.LightningModule, train_loader,
+                  val_loader, resume: str | Path | None) -> None:
+    """trainer.fit (from `resume` if given); a run stopped by SIGTERM or Ctrl+C, after `interrupt`
+    saved it, raises TrainingInterrupted naming the checkpoint to resume from."""
+    try:
+        trainer.fit(task, train_loader, val_loader, ckpt_path=str(resume) if resume else None, weights_only=True)
+    except SystemExit:  # how Lightning ends a run on SIGTERM or Ctrl+C
+        if interrupt.signum is None:
+            raise
+        raise TrainingInterrupted(interrupt.path, interrupt.signum) from None
 
 
 def read_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
@@ -368,11 +382,7 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
         train_loader.sampler.set_epoch(resumed_epoch(resume))
     start = time.perf_counter()
     try:
-        trainer.fit(task, train_loader, val_loader, ckpt_path=str(resume) if resume else None, weights_only=True)
-    except SystemExit:  # how Lightning ends a run on SIGTERM or Ctrl+C
-        if interrupt.signum is None:
-            raise
-        raise TrainingInterrupted(interrupt.path, interrupt.signum) from None
+        fit_resumably(trainer, interrupt, task, train_loader, val_loader, resume)
     except RuntimeError as error:
         if world > 1 and "timed out" in str(error).lower():
             raise DistributedTimeout(

@@ -19,8 +19,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ..config import CaptionConfig, Config, TrainConfig
-from ..train import (AtomicCheckpointIO, optimizer_and_schedule, quiet_lightning, resolve_precision,
-                     tensorboard_logger)
+from ..train import (AtomicCheckpointIO, EpochSummary, SaveOnInterrupt, fit_resumably, optimizer_and_schedule,
+                     quiet_lightning, resolve_precision, tensorboard_logger)
 from ..data.scene_captions import Scene, factual_accuracy
 from ..errors import ConfigError
 from .data import CaptionSet, caption_set, read_pairs, split_pairs
@@ -77,6 +77,8 @@ def validation_scenes(val: CaptionSet | None, caption: CaptionConfig) -> list[Sc
 
 
 class CaptionTask(L.LightningModule):
+    epoch_metrics = ("train_loss", "val_cider", "val_factual")  # what EpochSummary's line shows
+
     def __init__(self, model: Captioner, train: TrainConfig, steps_per_epoch: int, val: CaptionSet | None,
                  scenes: list[Scene] | None = None):
         """`scenes`: the validation images' scenes; given, factual accuracy picks the checkpoint."""
@@ -123,17 +125,6 @@ class CaptionTask(L.LightningModule):
                                       self.train_cfg.epochs * self.steps_per_epoch)
 
 
-class EpochLine(L.Callback):
-    def on_train_epoch_start(self, trainer, module) -> None:
-        self.start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, module) -> None:  # after the epoch's validation
-        shown = {k: float(v) for k, v in trainer.callback_metrics.items()
-                 if k in ("train_loss", "val_cider", "val_factual")}
-        log.info("epoch %d/%d  %s  (%.1f s)", trainer.current_epoch + 1, trainer.max_epochs,
-                 "  ".join(f"{k} {v:.4f}" for k, v in shown.items()), time.perf_counter() - self.start)
-
-
 def loader(data: ImageBatches, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, collate_fn=data.collate, generator=generator)
@@ -154,15 +145,16 @@ def fit_captioner(model: Captioner, train: CaptionSet, val: CaptionSet | None, c
                            mode="max", save_top_k=1, enable_version_counter=False)
     last = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
                            enable_version_counter=False)
+    interrupt = SaveOnInterrupt(output_dir / "checkpoints" / "last.ckpt")
     quiet_lightning()
     trainer = L.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=1,
                         precision=resolve_precision(config), gradient_clip_val=cfg.grad_clip,
-                        callbacks=[best, last, EpochLine()], logger=tensorboard_logger(output_dir, config),
+                        callbacks=[best, last, EpochSummary(), interrupt], logger=tensorboard_logger(output_dir, config),
                         enable_progress_bar=cfg.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
                         log_every_n_steps=max(1, min(10, len(train_loader))), default_root_dir=str(output_dir),
                         plugins=[AtomicCheckpointIO()])
     start = time.perf_counter()
-    trainer.fit(task, train_loader, val_loader, ckpt_path=str(resume) if resume else None, weights_only=True)
+    fit_resumably(trainer, interrupt, task, train_loader, val_loader, resume)
     seconds = time.perf_counter() - start
     chosen = best.best_model_path if has_val and best.best_model_path and cfg.keep == "best" else last.best_model_path
     scores: dict[str, float] = {}
