@@ -36,6 +36,48 @@ def trainable_state(model) -> dict[str, Any]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith(rebuilt)}
 
 
+def encoder_records(model) -> dict[str, Any]:
+    """encoders.json: per encoder whether it trained, whether its weights are stored, the
+    fingerprint a rebuilt one must match, and its own state (a learned vocabulary)."""
+    return {m: {"trainable": e.trainable, "stored": not e.rebuilt_on_load, "fingerprint": e.fingerprint(),
+                "extra_state": e.extra_state()} for m, e in model.encoders.items()}
+
+
+def rebuild_encoders(path: Path, config, recorded: dict[str, Any]) -> dict[str, Any]:
+    """The config's encoders set up as encoders.json records them (weights loaded later)."""
+    encoders = build_encoders(config)
+    for modality, encoder in encoders.items():
+        info = recorded.get(modality)
+        if info is None:
+            raise ArtifactError(f"{path}/encoders.json has no entry for the {modality} encoder")
+        encoder.load_extra_state(info["extra_state"])
+        encoder.set_trainable(info["trainable"])
+        # Older artifacts have no "stored": they stored exactly the trainable encoders.
+        encoder.rebuildable = not info.get("stored", info["trainable"])
+    return encoders
+
+
+def load_weights(path: Path, model, config, recorded: dict[str, Any], labels_file: str) -> None:
+    """model.safetensors into `model`, every weight but the rebuilt encoders' accounted for, and
+    each rebuilt frozen encoder checked against its recorded fingerprint."""
+    state = read_part(path / "model.safetensors", load_file)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensor shapes differ: another config or label count
+        raise ArtifactError(f"{path}/model.safetensors does not fit config.yaml and {labels_file} "
+                            f"({brief(error)})") from None
+    really_missing = [k for k in result.missing_keys if not k.startswith(rebuilt_prefixes(model))]
+    if really_missing or result.unexpected_keys:
+        raise ArtifactError(f"{path}/model.safetensors does not fit the config: missing {really_missing[:5]}, "
+                            f"unexpected {result.unexpected_keys[:5]}")
+    for modality, encoder in model.encoders.items():  # checked once loaded: stored weights count too
+        if not encoder.trainable and not encoder.matches_fingerprint(recorded[modality]["fingerprint"]):
+            raise ArtifactError(
+                f"the frozen {modality} encoder {getattr(config.encoders, modality).name!r} rebuilt here has "
+                f"fingerprint {encoder.fingerprint()}, the model was trained with "
+                f"{recorded[modality]['fingerprint']}: different weights or preprocessing")
+
+
 def save_artifact(predictor, directory: str | Path) -> Path:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -44,9 +86,7 @@ def save_artifact(predictor, directory: str | Path) -> Path:
     write_atomic(out / "config.yaml", dump_config(predictor.config))
     write_atomic(out / "model.safetensors", save(trainable_state(model)))
     write_atomic(out / "labels.json", json.dumps(predictor.labels, indent=1))
-    encoders = {m: {"trainable": e.trainable, "stored": not e.rebuilt_on_load, "fingerprint": e.fingerprint(),
-                    "extra_state": e.extra_state()} for m, e in model.encoders.items()}
-    write_atomic(out / "encoders.json", json.dumps(encoders, indent=1))
+    write_atomic(out / "encoders.json", json.dumps(encoder_records(model), indent=1))
     write_atomic(out / "metrics.json", json.dumps(json_safe({"fit": predictor.fit_summary, **predictor.metrics}), indent=2))
     write_atomic(out / "README.md", model_card(predictor))
     if predictor.word_substitutes:
@@ -96,6 +136,9 @@ def load_artifact(cls, directory: str | Path):
         raise ArtifactError(f"{path} is a caption model: caption images with `mmfuse caption {path} --image IMAGE` "
                             "(predict, evaluate, explain and serve take classification, multi-label and "
                             "regression models)")
+    if (path / "tasks.json").is_file():  # mmfuse.multitask's format
+        raise ArtifactError(f"{path} is a multi-task model: predict with `mmfuse predict {path} --data TABLE` "
+                            "(evaluate, explain, export and serve take single-task models)")
     missing = [name for name in FILES if not (path / name).is_file()]
     if missing:
         raise ArtifactError(f"{path} is missing {', '.join(missing)}; was it written by Predictor.save?")
@@ -103,32 +146,9 @@ def load_artifact(cls, directory: str | Path):
     predictor = cls(config)
     predictor.labels = read_part(path / "labels.json", read_labels)
     recorded = read_part(path / "encoders.json", read_json)
-    encoders = build_encoders(config)
-    for modality, encoder in encoders.items():
-        info = recorded.get(modality)
-        if info is None:
-            raise ArtifactError(f"{path}/encoders.json has no entry for the {modality} encoder")
-        encoder.load_extra_state(info["extra_state"])
-        encoder.set_trainable(info["trainable"])
-        # Older artifacts have no "stored": they stored exactly the trainable encoders.
-        encoder.rebuildable = not info.get("stored", info["trainable"])
+    encoders = rebuild_encoders(path, config, recorded)
     model = build_model(config, len(predictor.labels), encoders)
-    state = read_part(path / "model.safetensors", load_file)
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # tensor shapes differ: another config or label count
-        raise ArtifactError(f"{path}/model.safetensors does not fit config.yaml and labels.json "
-                            f"({brief(error)})") from None
-    really_missing = [k for k in result.missing_keys if not k.startswith(rebuilt_prefixes(model))]
-    if really_missing or result.unexpected_keys:
-        raise ArtifactError(f"{path}/model.safetensors does not fit the config: missing {really_missing[:5]}, "
-                            f"unexpected {result.unexpected_keys[:5]}")
-    for modality, encoder in encoders.items():  # checked once loaded: stored weights count too
-        if not encoder.trainable and not encoder.matches_fingerprint(recorded[modality]["fingerprint"]):
-            raise ArtifactError(
-                f"the frozen {modality} encoder {getattr(config.encoders, modality).name!r} rebuilt here has "
-                f"fingerprint {encoder.fingerprint()}, the model was trained with "
-                f"{recorded[modality]['fingerprint']}: different weights or preprocessing")
+    load_weights(path, model, config, recorded, "labels.json")
     predictor.model = model.eval()
     metrics_file = path / "metrics.json"
     if metrics_file.is_file():

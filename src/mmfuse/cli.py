@@ -83,6 +83,11 @@ def train(
 
             train_captioner(cfg, resume=resume, echo=typer.echo)
             return
+        if cfg.task == "multitask":  # several tasks over shared encoders (docs/multitask.md)
+            from .multitask.run import train_multitask
+
+            train_multitask(cfg, resume=resume, echo=typer.echo)
+            return
         predictor = Predictor(cfg).fit(resume=resume)
     except TrainingInterrupted as stop:
         again = ["mmfuse", "train", str(config), *(part for item in set_ for part in ("--set", item)),
@@ -222,8 +227,11 @@ def predict(
     **inputs: Any,
 ) -> None:
     """Predict one row (one option per modality the model takes) or a whole table (--data, --out)."""
+    from .multitask.artifact import is_multitask_model
     from .predictor import Predictor
 
+    if is_multitask_model(model):
+        return _predict_multitask(model, data, out, columns)
     predictor = Predictor.load(model)
     given = {m: v for m, v in inputs.items() if v is not None}
     if columns and data is None:
@@ -244,6 +252,26 @@ def predict(
                 typer.echo(f"  {first[f'top{k}']:<20} {first[f'top{k}_score']:.4f}")
         return
     result = predictor.predict(data, top_k=top_k, columns=parse_columns(columns))
+    if out is None:
+        typer.echo(result.to_csv(index=False))
+    else:
+        result.to_csv(out, index=False)
+        typer.echo(f"{len(result)} predictions written to {out}")
+    if predictor.bad_rows:
+        typer.echo(f"{len(predictor.bad_rows)} bad rows skipped:", err=True)
+        for bad in predictor.bad_rows:
+            typer.echo(f"  {bad}", err=True)
+
+
+def _predict_multitask(model: Path, data: Optional[Path], out: Optional[Path], columns: list[str]) -> None:
+    """A multi-task model's answers to a table: one column per task."""
+    from .multitask.predict import MultiTaskPredictor
+
+    if data is None or columns:
+        raise MmfuseError(f"{model} is a multi-task model: predict a table with --data TABLE (its input columns "
+                          "named as in training; single-row options and --column are for single-task models)")
+    predictor = MultiTaskPredictor(model)
+    result = predictor.predict(data)
     if out is None:
         typer.echo(result.to_csv(index=False))
     else:

@@ -193,6 +193,48 @@ class CaptionConfig(Section):
         return self
 
 
+class TaskSpec(Section):
+    """One task of a multi-task model: what it predicts and from which column."""
+
+    name: str = Field(min_length=1)  # its name in metrics, reports and predictions
+    column: str = Field(min_length=1)  # the table column holding its labels (empty cell: unknown for this task)
+    type: str = "classification"  # a registered task (classification, multilabel, regression)
+    weight: float = Field(1.0, ge=0.0)  # its loss weight (weighting: fixed; the start for the others)
+    # hierarchical sharing: level 0 tasks are supervised on the fused vector, level 1 tasks on a
+    # layer above it (a lower task such as each shape's attributes under the VQA answer).
+    level: Literal[0, 1] = 1
+
+
+class MultiTaskConfig(Section):
+    """`task: multitask`: several tasks over one table and one set of encoders. docs/multitask.md."""
+
+    tasks: list[TaskSpec] = Field(min_length=1)
+    # hard: one fusion, one head per task; soft: a fusion per task, an L2 penalty pulling their
+    # weights together; hierarchical: level-0 heads on the fused vector, level-1 heads a layer above.
+    sharing: Literal["hard", "soft", "hierarchical"] = "hard"
+    # fixed: the tasks' weights; uncertainty: learned log-variances (Kendall et al. 2018); pcgrad:
+    # conflicting task gradients projected off each other (Yu et al. 2020); gradnorm: weights
+    # learned so each task's gradient norm follows its training rate (Chen et al. 2018).
+    weighting: Literal["fixed", "uncertainty", "pcgrad", "gradnorm"] = "fixed"
+    soft_penalty: float = Field(1e-3, ge=0.0)  # sharing: soft: weight of the L2 distance between fusions
+    gradnorm_alpha: float = Field(1.5, ge=0.0)  # weighting: gradnorm: how strongly slow tasks are favoured
+    # What picks the checkpoint: "mean" of the tasks' monitored metrics (all must be "max" ones:
+    # accuracy, F1), or one task's name.
+    monitor: str = "mean"
+
+    @model_validator(mode="after")
+    def _names(self) -> "MultiTaskConfig":
+        names = [t.name for t in self.tasks]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"task names must differ: {', '.join(repeated)} repeated")
+        if self.monitor != "mean" and self.monitor not in names:
+            raise ValueError(f"monitor {self.monitor!r} is neither 'mean' nor a task ({', '.join(names)})")
+        if self.sharing == "hierarchical" and len({t.level for t in self.tasks}) < 2:
+            raise ValueError("sharing: hierarchical needs tasks at level 0 and at level 1")
+        return self
+
+
 class CompareConfig(Section):
     """What `mmfuse compare` changes in every cell, and what it measures beyond the metric."""
 
@@ -347,6 +389,7 @@ class Config(Section):
     compare: CompareConfig = CompareConfig()
     align: AlignConfig | None = None
     caption: CaptionConfig | None = None  # read with task: caption
+    multitask: MultiTaskConfig | None = None  # read with task: multitask
     semi_supervised: SemiSupervisedConfig | None = None  # learning from unlabelled training rows
     privacy: PrivacyConfig = PrivacyConfig()
     report: ReportConfig = ReportConfig()
@@ -422,13 +465,23 @@ def check_names(config: Config) -> None:
     if config.task == "caption":  # a decoder with its own loop (mmfuse.captioning), not a Task head
         if config.encoders.image is None:
             raise ConfigError("task caption: encoders.image must name an image encoder")
+    elif config.task == "multitask":  # several Task heads over shared encoders (mmfuse.multitask)
+        if config.multitask is None:
+            raise ConfigError("task multitask: a multitask section listing the tasks is needed")
+        for spec in config.multitask.tasks:
+            try:
+                TASKS.get(spec.type)
+            except ConfigError as error:
+                raise ConfigError(f"multitask.tasks {spec.name!r}: {error}") from None
     else:
         try:
             TASKS.get(config.task)
         except ConfigError as error:
-            raise ConfigError(f"{error}, caption") from None
+            raise ConfigError(f"{error}, caption, multitask") from None
         if config.caption is not None:
             raise ConfigError(f"caption: read only with task: caption (this config has task: {config.task})")
+    if config.multitask is not None and config.task != "multitask":
+        raise ConfigError(f"multitask: read only with task: multitask (this config has task: {config.task})")
     FUSIONS.get(config.fusion.name)
     semi = config.semi_supervised
     if semi is not None and semi.enabled and config.task != "classification":

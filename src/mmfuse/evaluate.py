@@ -73,11 +73,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path, *, title: str, lab
               "| inputs | value |", "|---|---|"]
     lines += [f"| {inputs_name(k, modalities)} | {format_metric(v)} |" for k, v in contribution.items()]
     if result["per_class"]:
-        keys = [k for k in result["per_class"][0] if k != "label"]
-        lines += ["", "## Per class", "", "| label | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-        for row in result["per_class"]:
-            cells = [f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k]) for k in keys]
-            lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+        lines += ["", "## Per class", "", *per_label_table(result["per_class"])]
     if result["confusion"] is not None:
         # The classes of the per-class table: the labels, and a row for unseen ones if there were any.
         plot_confusion(result["confusion"], [row["label"] for row in result["per_class"]], out / "confusion.png")
@@ -89,6 +85,16 @@ def write_report(result: dict[str, Any], out_dir: str | Path, *, title: str, lab
     (out / "metrics.json").write_text(json.dumps(
         json_safe({k: result[k] for k in ("metrics", "per_class", "modality_contribution", "rows")}), indent=2))
     return path
+
+
+def per_label_table(rows: list[dict[str, Any]]) -> list[str]:
+    """A markdown table of per-label rows ({"label": ..., metric: value, ...})."""
+    keys = [k for k in rows[0] if k != "label"]
+    lines = ["| label | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for row in rows:
+        cells = [f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k]) for k in keys]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_confusion(confusion: Tensor, labels: list[str], path: Path) -> None:

@@ -13,19 +13,23 @@ from .model import MultimodalModel
 
 
 @torch.no_grad()
-def predict_outputs(model: MultimodalModel, dataset: TableDataset, config, device: str = "cpu") -> Tensor:
-    """Raw head outputs for every row of `dataset`, in row order."""
+def predict_outputs(model: MultimodalModel, dataset: TableDataset, config, device: str = "cpu") -> Tensor | dict[str, Tensor]:
+    """Raw head outputs for every row of `dataset`, in row order ({task: outputs} from a
+    multi-task model)."""
     model.eval().to(device)
-    outputs = torch.empty(0)
     rows = []
     parts = []
     for batch in make_loader(dataset, config, shuffle=False):
         batch = _to(batch, device)
-        parts.append(model(batch).float().cpu())
+        output = model(batch)
+        parts.append({k: v.float().cpu() for k, v in output.items()} if isinstance(output, dict) else output.float().cpu())
         rows.append(batch.rows.cpu())
-    if parts:
-        outputs = torch.cat(parts)[torch.argsort(torch.cat(rows))]
-    return outputs
+    if not parts:
+        return torch.empty(0)
+    order = torch.argsort(torch.cat(rows))
+    if isinstance(parts[0], dict):
+        return {name: torch.cat([part[name] for part in parts])[order] for name in parts[0]}
+    return torch.cat(parts)[order]
 
 
 def _to(batch, device):

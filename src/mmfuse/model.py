@@ -123,6 +123,10 @@ class MultimodalModel(nn.Module):
     def forward(self, batch: Batch) -> Tensor:
         return self.head(self.fusion(self.encode(batch)))
 
+    def objective(self) -> tuple[str, str]:
+        """The validation metric that picks the epoch, and "max" or "min"."""
+        return self.head.task.monitor, self.head.task.monitor_mode
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 

@@ -75,23 +75,12 @@ def truth_targets(source: Any, column: str, rows: pd.Series, labels: list[str]) 
     """The hidden true label of unlabelled rows (1-based `rows` of `source`, a DataFrame, table
     path or built-in name) as label positions: UNKNOWN where the cell is empty, UNSEEN where the
     label is not among `labels`. Never trained on; only the pseudo-label accuracy reads it."""
-    from .data.datasets import builtin_names, load_builtin
-    from .data.manifest import read_columns
+    from .data.source_column import source_column
     from .modalities.base import is_missing
     from .tasks.base import label_text
 
-    if isinstance(source, pd.DataFrame):
-        table, name = source.reset_index(drop=True), "DataFrame"
-    elif isinstance(source, str) and source in builtin_names():
-        table, name = load_builtin(source).reset_index(drop=True), source
-    elif isinstance(source, (str, Path)):
-        table, name = read_columns(source, [column]).frame.reset_index(drop=True), str(source)
-    else:
-        raise DataError("semi_supervised.truth_column: read from a DataFrame, a table file or a built-in data set only")
-    if column not in table.columns:
-        raise DataError(f"{name}: column {column!r} (semi_supervised.truth_column) not found")
     position = {label: i for i, label in enumerate(labels)}
-    cells = table[column].to_numpy()[rows.to_numpy() - 1]
+    cells = source_column(source, column, rows, "semi_supervised.truth_column")
     return torch.tensor([UNKNOWN if is_missing(v) or not label_text(v) else position.get(label_text(v), UNSEEN)
                          for v in cells], dtype=torch.long)
 

@@ -14,7 +14,7 @@ import warnings
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import lightning as L
 import torch
@@ -61,19 +61,19 @@ def optimizer_and_schedule(parameters, cfg: TrainConfig, total_steps: int) -> An
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class FusionTask(L.LightningModule):
-    def __init__(self, model: MultimodalModel, config: Config, steps_per_epoch: int,
-                 semi: PseudoLabelling | None = None):
+class ModelTraining(L.LightningModule):
+    """What training any MultimodalModel shares: frozen encoders kept in eval mode, dropout seeded
+    per step, the optimizer and schedule, checkpoints without frozen encoders, DDP loss shares.
+    Subclasses give the steps and `monitor` / `mode` (the validation metric that picks the epoch)."""
+
+    monitor: str
+    mode: str
+
+    def __init__(self, model: MultimodalModel, config: Config, steps_per_epoch: int):
         super().__init__()
         self.model = model
-        self.semi = semi  # semi_supervised: batches pair labelled and unlabelled rows
         self.config = config
         self.steps_per_epoch = steps_per_epoch
-        task = model.head.task
-        self.monitor, self.mode = task.monitor, task.monitor_mode
-        # A torchmetrics Metric: its state is reduced over DDP processes, so the monitored value is
-        # that of the whole validation split (its state is not saved in checkpoints).
-        self.val_metric = task.val_metric(model.head.out_dim)
         # Frozen pretrained encoders are rebuilt from their source, not stored in checkpoints.
         self.strict_loading = False
 
@@ -90,6 +90,42 @@ class FusionTask(L.LightningModule):
         step = (self.config.train.seed, self.current_epoch, batch_idx)
         # Under DDP each process draws its own masks (the same seed would repeat one mask on every share).
         torch.manual_seed(hash(step if self.trainer.world_size == 1 else (*step, self.global_rank)) % 2**62)
+
+    def share_of_global_mean(self, loss: torch.Tensor, rows: int) -> torch.Tensor:
+        """Under DDP, weigh this process's mean loss by its share of the batch's rows: DDP averages
+        the processes' gradients with equal weights, and the shares differ (an image carries a
+        varying number of questions), so the gradient is then that of the whole batch's mean loss."""
+        world = self.trainer.world_size
+        if world == 1:
+            return loss
+        total = self.trainer.strategy.reduce(torch.tensor(float(rows), device=loss.device), reduce_op="sum")
+        return loss * (rows * world / total)
+
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        return self.model.trainable_parameters()
+
+    def configure_optimizers(self) -> Any:
+        return optimizer_and_schedule(self.trained_parameters(), self.config.train,
+                                      self.config.train.epochs * self.steps_per_epoch)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        prefixes = frozen_prefixes(self.model)
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if not k.startswith(tuple(prefixes))}
+
+
+class FusionTask(ModelTraining):
+    """One task's head on the fused vector (mmfuse.tasks), optionally with pseudo-labelled rows."""
+
+    def __init__(self, model: MultimodalModel, config: Config, steps_per_epoch: int,
+                 semi: PseudoLabelling | None = None):
+        super().__init__(model, config, steps_per_epoch)
+        self.semi = semi  # semi_supervised: batches pair labelled and unlabelled rows
+        task = model.head.task
+        self.monitor, self.mode = task.monitor, task.monitor_mode
+        # A torchmetrics Metric: its state is reduced over DDP processes, so the monitored value is
+        # that of the whole validation split (its state is not saved in checkpoints).
+        self.val_metric = task.val_metric(model.head.out_dim)
 
     def training_step(self, batch: Batch | PairedBatch, _: int) -> torch.Tensor:
         unlabelled = None
@@ -111,25 +147,11 @@ class FusionTask(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True, batch_size=batch.size)
         return self.share_of_global_mean(loss, batch.size)
 
-    def share_of_global_mean(self, loss: torch.Tensor, rows: int) -> torch.Tensor:
-        """Under DDP, weigh this process's mean loss by its share of the batch's rows: DDP averages
-        the processes' gradients with equal weights, and the shares differ (an image carries a
-        varying number of questions), so the gradient is then that of the whole batch's mean loss."""
-        world = self.trainer.world_size
-        if world == 1:
-            return loss
-        total = self.trainer.strategy.reduce(torch.tensor(float(rows), device=loss.device), reduce_op="sum")
-        return loss * (rows * world / total)
-
     def validation_step(self, batch: Batch, _: int) -> None:
         output = self.model(batch)
         self.log("val_loss", self.model.head.loss(output, batch.target), batch_size=batch.size, sync_dist=True)
         self.val_metric.update(self.model.head.scores(output.detach().float()), batch.target)
         self.log(self.monitor, self.val_metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch.size)
-
-    def configure_optimizers(self) -> Any:
-        return optimizer_and_schedule(self.model.trainable_parameters(), self.config.train,
-                                      self.config.train.epochs * self.steps_per_epoch)
 
     def on_train_epoch_end(self) -> None:
         if self.semi is None:
@@ -143,9 +165,7 @@ class FusionTask(L.LightningModule):
             log.info("%s", describe(figures))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        prefixes = frozen_prefixes(self.model)
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
-                                    if not k.startswith(tuple(prefixes))}
+        super().on_save_checkpoint(checkpoint)
         if self.semi is not None:  # a resumed run reports every epoch's pseudo-label figures
             checkpoint["semi_supervised_history"] = self.semi.history
 
@@ -328,14 +348,19 @@ class DistributedTimeout(MmfuseError):
 def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | None, config: Config, *,
               output_dir: str | Path, resume: str | Path | None = None,
               callbacks: Sequence[Callback] = (), unlabelled: TableDataset | None = None,
-              truth: torch.Tensor | None = None) -> dict[str, Any]:
+              truth: torch.Tensor | None = None,
+              make_module: Callable[[int], ModelTraining] | None = None,
+              lightning_clips: bool = True) -> dict[str, Any]:
     """Train `model` in place (it ends holding the best checkpoint's weights) and return a summary.
+    `make_module(steps_per_epoch)`: the LightningModule that trains it (default: FusionTask, one
+    task's head; mmfuse.multitask gives its own), whose `monitor` and `mode` pick the epoch.
+    `lightning_clips`: False for a module that steps by hand and clips train.grad_clip itself.
     `unlabelled` (semi_supervised): rows trained on with pseudo-labels; `truth`: their hidden labels
     (label positions, -1 unknown), read only for the pseudo-label accuracy."""
     output_dir = Path(output_dir)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     has_val = val is not None and len(val) > 0
-    monitor, mode = model.head.task.monitor, model.head.task.monitor_mode
+    monitor, mode = model.objective()
     # Two checkpoints: the best by the validation metric, and the latest epoch (for --resume).
     # Lightning's save_last only writes when a best checkpoint is written, so "last" is its own callback.
     checkpoint = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="best",
@@ -355,7 +380,7 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
     trainer = L.Trainer(
         max_epochs=config.train.epochs, accelerator=config.train.accelerator, devices=config.train.devices,
         num_nodes=config.train.num_nodes, strategy=config.train.strategy,
-        precision=resolve_precision(config), gradient_clip_val=config.train.grad_clip, callbacks=extra,
+        precision=resolve_precision(config), gradient_clip_val=config.train.grad_clip if lightning_clips else None, callbacks=extra,
         logger=logger, enable_progress_bar=config.train.progress_bar, enable_model_summary=False,
         use_distributed_sampler=False, num_sanity_val_steps=0, log_every_n_steps=10,
         default_root_dir=str(output_dir), plugins=[AtomicCheckpointIO()],
@@ -375,7 +400,8 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
     semi = None if unlabelled is None else PseudoLabelling(
         config.semi_supervised, num_classes=model.head.out_dim, rows=len(unlabelled),
         steps_per_epoch=len(train_loader), truth=truth)
-    task = FusionTask(model, config, steps_per_epoch=len(train_loader), semi=semi)
+    task = (make_module(len(train_loader)) if make_module is not None
+            else FusionTask(model, config, steps_per_epoch=len(train_loader), semi=semi))
     if resume:
         check_fits(read_checkpoint(resume), task, resume)
         # Lightning creates the resumed epoch's iterator before it calls set_epoch: set it first.

@@ -20,6 +20,8 @@ _COLUMNS: dict[str, dict[str, str]] = {
     "easy_vqa": {"image": "image", "text": "question", "label": "answer", "split": "split"},
     # Our own generator (data/scenes.py): multi-object scenes, counting / binding / order questions.
     "shape_scenes": {"image": "image", "text": "question", "label": "answer", "split": "split"},
+    # shape_scenes with question_type, objects (multi-label) and shape_count beside the answer (data/scene_tasks.py).
+    "shape_scenes_tasks": {"image": "image", "text": "question", "label": "answer", "split": "split"},
     # easy-VQA with each question also spoken by espeak-ng (data/spoken.py); some voices held out.
     "easy_vqa_spoken": {"image": "image", "audio": "audio", "text": "question", "label": "answer", "split": "split"},
 }
@@ -63,6 +65,10 @@ def _load(name: str) -> pd.DataFrame:
         from .scenes import load_shape_scenes
 
         return load_shape_scenes()
+    if name == "shape_scenes_tasks":
+        from .scene_tasks import task_table
+
+        return task_table()
     if name == "easy_vqa_spoken":
         from .spoken import load_easy_vqa_spoken
 
