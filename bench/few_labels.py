@@ -164,13 +164,14 @@ def main() -> None:
     parser.add_argument("--ratio", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--modality-dropout", type=float, default=0.2)
+    parser.add_argument("--feature-dropout", type=float, default=0.0)
     parser.add_argument("--out", default=str(ROOT / "runs/few_labels"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     fractions = [0.05] if args.quick else [float(f) for f in args.fractions.split(",")]
     seeds = list(range(1 if args.quick else args.seeds))
     semi = {"adaptive": args.adaptive, "ratio": args.ratio, "warmup_epochs": args.warmup,
-            "modality_dropout": args.modality_dropout}
+            "modality_dropout": args.modality_dropout, "feature_dropout": args.feature_dropout}
     if args.adaptive != "freematch":
         semi["threshold"] = args.threshold
     out = Path(args.out)

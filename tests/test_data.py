@@ -376,7 +376,7 @@ def test_split_column_is_honoured_and_val_carved_from_train():
 # ----- built-in data sets ---------------------------------------------------------------------
 
 def test_easy_vqa_builtin():
-    assert builtin_names() == ["easy_vqa", "shape_scenes", "easy_vqa_spoken"]
+    assert builtin_names() == ["easy_vqa", "shape_scenes", "shape_scenes_tasks", "easy_vqa_spoken"]
     table = load_builtin("easy_vqa")
     assert list(table.columns) == ["image", "question", "answer", "split"]
     counts = table["split"].value_counts()

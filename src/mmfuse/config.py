@@ -266,6 +266,9 @@ class SemiSupervisedConfig(Section):
     # Strong view: each modality of an unlabelled row dropped (masked as absent) with this chance,
     # never all of them: works on cached features of frozen encoders.
     modality_dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    # Strong view in feature space: dropout at this rate on every modality's features (cached
+    # features of frozen encoders included), each row its own mask.
+    feature_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     # Strong view of a trainable image encoder's pixels: random affine and brightness/contrast
     # jitter (no flips or colour changes: they change answers about sides and colours).
     image_augment: bool = True

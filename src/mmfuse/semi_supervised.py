@@ -240,12 +240,17 @@ def augment_pixels(pixels: Tensor) -> Tensor:
 
 
 def strong_view(batch: Batch, semi: SemiSupervisedConfig) -> Batch:
-    """Modality dropout (on cached features too) and, where a batch carries pixels for a trainable
-    image encoder, augmented pixels."""
+    """Modality dropout (on cached features too), feature dropout on cached features and, where a
+    batch carries pixels for a trainable image encoder, augmented pixels."""
     from .train import drop_modalities  # train.py imports this module
 
     if semi.modality_dropout and len(batch.modalities) > 1:
         batch = drop_modalities(batch, {m: semi.modality_dropout for m in batch.modalities})
+    if semi.feature_dropout:
+        drop = lambda x: None if x is None else F.dropout(x, semi.feature_dropout, training=True)  # noqa: E731
+        parts = {m: replace(p, features=replace(p.features, pooled=drop(p.features.pooled), tokens=drop(p.features.tokens)))
+                 if p.features is not None else p for m, p in batch.modalities.items()}
+        batch = replace(batch, modalities=parts)
     if semi.image_augment:
         parts = {m: replace(p, prepared={**p.prepared, "pixels": augment_pixels(p.prepared["pixels"])})
                  if p.prepared is not None and "pixels" in p.prepared else p for m, p in batch.modalities.items()}

@@ -345,6 +345,17 @@ class DistributedTimeout(MmfuseError):
     """A DDP process waited train.ddp_timeout_s for the others."""
 
 
+def fit_briefly(module: L.LightningModule, loader, epochs: int) -> None:
+    """A short fit on the CPU without checkpoints, loggers or progress bar, for models whose epoch
+    takes milliseconds to seconds (the alignment heads, the pruning fine-tune): the same Lightning
+    loop and optimizer set-up as fit_model, without what a long run needs."""
+    quiet_lightning()
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, use_distributed_sampler=False)
+    trainer.fit(module, loader)
+
+
 def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | None, config: Config, *,
               output_dir: str | Path, resume: str | Path | None = None,
               callbacks: Sequence[Callback] = (), unlabelled: TableDataset | None = None,

@@ -1,9 +1,8 @@
 """Training an AlignedModel: projection heads over cached frozen encoder features.
 
-A plain loop, not Lightning: the inputs are a few thousand cached vectors and the model is two
-linear heads (plus each objective's own small modules), so an epoch is milliseconds and
-Lightning's machinery (checkpoints, loggers, DDP) would cost more than the training itself.
-Fine-tuning the towers is not supported here (a ConfigError says so).
+The heads train in mmfuse.train's Lightning loop (`fit_briefly`: no checkpoints or loggers, as an
+epoch over a few thousand cached vectors takes milliseconds); the losses are logged to
+TensorBoard after training. Fine-tuning the towers is not supported here (a ConfigError says so).
 """
 from __future__ import annotations
 
@@ -16,7 +15,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from ..config import AlignConfig, Config, DataConfig
 from ..data.manifest import split_manifest
@@ -85,11 +85,15 @@ def build_objectives(align: AlignConfig, dims: dict[str, int]) -> dict[str, Obje
 
 
 def make_batch(model: AlignedModel, data: PairFeatures, rows: Tensor) -> AlignBatch:
+    return batch_of_pairs(model.heads, data, rows)
+
+
+def batch_of_pairs(heads: nn.ModuleDict, data: PairFeatures, rows: Tensor) -> AlignBatch:
     image_id, text_id = data.image_index[rows], data.text_index[rows]
-    image_in = model.heads["image"].standardise(data.image[image_id])
-    text_in = model.heads["text"].standardise(data.text[text_id])
+    image_in = heads["image"].standardise(data.image[image_id])
+    text_in = heads["text"].standardise(data.text[text_id])
     positives = (image_id[:, None] == image_id[None, :]) | (text_id[:, None] == text_id[None, :])
-    return AlignBatch(image_in, text_in, model.heads["image"](image_in), model.heads["text"](text_in), positives)
+    return AlignBatch(image_in, text_in, heads["image"](image_in), heads["text"](text_in), positives)
 
 
 def fit_standardisation(model: AlignedModel, data: PairFeatures) -> None:
@@ -104,33 +108,15 @@ def fit_standardisation(model: AlignedModel, data: PairFeatures) -> None:
 def fit_heads(model: AlignedModel, objectives: dict[str, Objective], weights: dict[str, float],
               data: PairFeatures, align: AlignConfig, echo: Callable[[str], None] = log.info) -> list[float]:
     """AdamW + cosine decay over shuffled pairs; returns the mean loss of each epoch."""
-    params = list(model.heads.parameters()) + [p for o in objectives.values() for p in o.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=align.lr, weight_decay=align.weight_decay)
-    batch = min(align.batch_size, len(data))
-    steps_per_epoch = max(1, len(data) // batch)  # the ragged last batch is dropped (DCCA needs full ones)
-    total = align.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
-    generator = torch.Generator().manual_seed(align.seed)
-    model.heads.train()
-    for objective in objectives.values():
-        objective.train()
-    history = []
-    for epoch in range(align.epochs):
-        order = torch.randperm(len(data), generator=generator)
-        losses = []
-        for step in range(steps_per_epoch):
-            pairs = make_batch(model, data, order[step * batch: (step + 1) * batch])
-            loss = sum(weights[name] * objective(pairs) for name, objective in objectives.items())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-        history.append(float(np.mean(losses)))
-        if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == align.epochs:
-            echo(f"epoch {epoch + 1}/{align.epochs}  loss {history[-1]:.4f}")
+    from ..train import fit_briefly  # Lightning: only when aligning
+    from .fit import AlignTraining, ShuffledPairs
+
+    sampler = ShuffledPairs(len(data), min(align.batch_size, len(data)), align.seed)
+    loader = DataLoader(range(len(data)), batch_sampler=sampler, collate_fn=torch.tensor)
+    module = AlignTraining(model.heads, objectives, weights, data, align, len(sampler), echo)
+    fit_briefly(module, loader, align.epochs)
     model.eval()
-    return history
+    return module.history
 
 
 def wants_cca(align: AlignConfig, objectives: dict[str, Objective]) -> bool:

@@ -18,7 +18,6 @@ from torch.nn.utils import prune
 from ..errors import MmfuseError
 from ..features import Features
 from ..data.batching import make_loader
-from ..train import drop_modalities
 
 log = logging.getLogger(__name__)
 ENCODE_CHUNK = 256
@@ -61,29 +60,18 @@ def freeze_features(dataset, model) -> None:
 
 
 def finetune(predictor, train, epochs: int, lr: float) -> None:
-    """A few epochs of fusion + head training on `train` (manifest rows), masks kept."""
+    """A few epochs of fusion + head training on `train` (manifest rows), masks kept: FusionTask
+    in mmfuse.train's Lightning loop, at a constant `lr`."""
+    from ..train import FusionTask, fit_briefly
+
     model, config = predictor.model, predictor.config
     dataset = predictor._dataset(train)
     freeze_features(dataset, model)
-    parts = [model.fusion, model.head]
-    params = [p for part in parts for p in part.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.train.weight_decay)
+    tuned = config.model_copy(deep=True)
+    tuned.train.lr, tuned.train.schedule, tuned.train.epochs = lr, "constant", epochs
     torch.manual_seed(config.train.seed)
-    for part in parts:
-        part.train()
-    for epoch in range(epochs):
-        loader = make_loader(dataset, config, shuffle=True)
-        loader.sampler.set_epoch(epoch)
-        total = 0.0
-        for batch in loader:
-            if config.train.modality_dropout:
-                batch = drop_modalities(batch, config.train.modality_dropout)
-            loss = model.head.loss(model(batch), batch.target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-        log.info("prune fine-tune epoch %d/%d  loss %.4f", epoch + 1, epochs, total / max(len(loader), 1))
+    loader = make_loader(dataset, tuned, shuffle=True)
+    fit_briefly(FusionTask(model, tuned, steps_per_epoch=len(loader)), loader, epochs)
     model.eval()
 
 
