@@ -40,13 +40,19 @@ from mmfuse.safe_yaml import read_yaml  # noqa: E402
 CONFIGS = {"easy_vqa": ROOT / "configs/easy_vqa.yaml", "shape_scenes": ROOT / "configs/shape_scenes.yaml"}
 
 
+TRAINABLE = False  # --trainable: the data set's own config (the small CNN trained on pixels)
+
+
 def base_config(name: str, epochs: int, labels: list[str], out: str, **overrides) -> dict:
-    """The data set's config with its compare settings (frozen, cached encoders), FiLM fusion."""
+    """The data set's config with its compare settings (frozen, cached encoders), FiLM fusion;
+    with --trainable its own settings (a small CNN trained from scratch, batches of images)."""
     raw = read_yaml(CONFIGS[name])
-    for key, value in {**raw.get("compare", {}).get("set", {}), **overrides}.items():
+    frozen = {} if TRAINABLE else raw.get("compare", {}).get("set", {})
+    for key, value in {**frozen, **overrides}.items():
         set_path(raw, key, value)
     raw.update(tune={}, compare={})
-    set_path(raw, "encoders.image.options", {})  # the small CNN's options do not fit EfficientNet
+    if not TRAINABLE:
+        set_path(raw, "encoders.image.options", {})  # the small CNN's options do not fit EfficientNet
     set_path(raw, "train.epochs", epochs)
     set_path(raw, "train.keep", "last")  # no validation split: a few labels would not spare one
     set_path(raw, "train.progress_bar", False)
@@ -82,7 +88,11 @@ def bench_dataset(name: str, fractions: list[float], seeds: list[int], epochs: i
     train, test = table[table["split"] == "train"].reset_index(drop=True), table[table["split"] == "test"]
     train, test = train.drop(columns="split"), test.drop(columns="split")
     labels = sorted(table["answer"].unique().tolist())
-    batch = 256
+    raw = read_yaml(CONFIGS[name])
+    # A step takes batch_size images with all their questions (group_by_image) or batch_size rows.
+    by_image = TRAINABLE and raw["train"].get("group_by_image", False)
+    batch = raw["train"]["batch_size"] if TRAINABLE else 256
+    units = (lambda frame: frame["image"].nunique()) if by_image else len  # noqa: E731
     result = {"full": [], "fractions": {}}
     for seed in seeds:
         raw = base_config(name, epochs, labels, str(out / f"{name}-full-{seed}"), **{"train.seed": seed})
@@ -93,10 +103,10 @@ def bench_dataset(name: str, fractions: list[float], seeds: list[int], epochs: i
         for seed in seeds:
             frame = label_images(train, fraction, seed)
             labelled = frame[frame["answer"].notna()]
-            unlabelled_rows = len(frame) - len(labelled)
+            unlabelled = frame[frame["answer"].isna()]
             # Supervised only gets the semi-supervised run's optimizer steps (USB compares at equal iterations).
-            semi_steps = epochs * max(steps(len(labelled), batch), steps(unlabelled_rows, batch * semi["ratio"]))
-            sup_epochs = math.ceil(semi_steps / steps(len(labelled), batch))
+            semi_steps = epochs * max(steps(units(labelled), batch), steps(units(unlabelled), batch * semi["ratio"]))
+            sup_epochs = math.ceil(semi_steps / steps(units(labelled), batch))
             raw = base_config(name, sup_epochs, labels, str(out / f"{name}-sup-{fraction}-{seed}"),
                               **{"train.seed": seed})
             cell["sup"].append(run(raw, labelled.drop(columns="label_hidden"), test))
@@ -165,8 +175,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--modality-dropout", type=float, default=0.2)
     parser.add_argument("--feature-dropout", type=float, default=0.0)
+    parser.add_argument("--trainable", action="store_true",
+                        help="the data set's own config (small CNN trained on pixels: pixel jitter is a strong view)")
     parser.add_argument("--out", default=str(ROOT / "runs/few_labels"))
     args = parser.parse_args()
+    global TRAINABLE
+    TRAINABLE = args.trainable
     logging.basicConfig(level=logging.ERROR)
     fractions = [0.05] if args.quick else [float(f) for f in args.fractions.split(",")]
     seeds = list(range(1 if args.quick else args.seeds))

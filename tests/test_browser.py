@@ -233,3 +233,36 @@ def test_record_from_the_microphone_and_predict(audio_model, browser):
     assert 1.0 <= len(wave) / 16_000 <= 10
     assert float(abs(wave).max()) > 0.01  # chromium's fake microphone beeps: real samples were collected
     assert answer in labels
+
+
+# ----- a caption model: pick an image, read its caption ------------------------------------------
+
+def test_a_caption_model_on_the_page(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from test_captioning import SCENES, caption_of
+    from test_serve_caption import build_caption_model
+
+    model_dir, images = build_caption_model(tmp_path)
+    with running(create_app(ServeSettings(model_dir=model_dir))) as url:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            wait_ready(client)
+        browser.get(url + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(EC.text_to_be_present_in_element((By.ID, "model-info"), "caption model"))
+        assert not browser.find_elements(By.ID, "text")  # an image is all a captioner takes
+        assert browser.find_element(By.ID, "ask").text == "Caption"
+        browser.find_element(By.ID, "image").send_keys(str(images[1]))
+        wait.until(lambda driver: driver.find_element(By.ID, "preview-image").is_displayed())
+        browser.find_element(By.ID, "ask").click()
+        wait.until(lambda driver: driver.find_element(By.ID, "caption-result").is_displayed()
+                   or driver.find_element(By.ID, "error").is_displayed())
+        assert not browser.find_element(By.ID, "error").is_displayed(), browser.find_element(By.ID, "error").text
+        caption, meta = browser.find_element(By.ID, "caption").text, browser.find_element(By.ID, "caption-meta").text
+        assert not browser.find_element(By.ID, "result").is_displayed()  # no classification answer
+        ARTIFACTS.mkdir(exist_ok=True)
+        assert browser.save_screenshot(str(ARTIFACTS / "browser-caption.png"))
+    assert caption == caption_of(*SCENES[1])
+    assert meta.startswith("beam size 2, ") and meta.endswith(" ms")

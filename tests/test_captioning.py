@@ -254,8 +254,6 @@ def test_train_command_trains_saves_and_captions(tmp_path):
         Predictor.load(model)
     result = runner.invoke(app, ["predict", str(model), "--image", str(tmp_path / names[0])])
     assert result.exit_code != 0 and "is a caption model" in str(result.exception) + result.output
-    result = runner.invoke(app, ["serve", str(model), "--port", "0"])
-    assert result.exit_code != 0 and "serving captions is not built yet" in str(result.exception)
 
 
 # ----- choosing the epoch, coordinates ---------------------------------------------------------

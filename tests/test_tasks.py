@@ -6,7 +6,7 @@ import torch
 
 from mmfuse.config import parse_config
 from mmfuse.errors import ConfigError, LabelProblem
-from mmfuse.tasks import TASKS, create_task
+from mmfuse.tasks import TASKS, create_task, task_runner
 
 LABELS = ["cat", "dog", "owl"]
 # Label cells as a table holds them, per task; any new task adds its own.
@@ -14,7 +14,11 @@ CELLS = {"classification": ["cat", "owl", "dog", "cat"], "multilabel": ["cat|dog
          "regression": ["1.5", 2, "-0.5", 3.0]}
 
 
-@pytest.fixture(params=TASKS.names())
+# Tasks that train their own kind of model (Task.runner: captions, several heads) have their own tests.
+HEAD_TASKS = [name for name in TASKS.names() if TASKS.get(name).runner is None]
+
+
+@pytest.fixture(params=HEAD_TASKS)
 def task(request):
     return create_task(request.param)
 
@@ -111,3 +115,17 @@ def test_config_task_is_checked_against_the_registry():
     assert parse_config({"task": "multilabel"}).task == "multilabel"
     with pytest.raises(ConfigError, match=", ".join(TASKS.names())):
         parse_config({"task": "segmentation"})
+
+
+def test_tasks_with_their_own_training_name_a_function_that_exists():
+    runners = {name: task_runner(create_task(name)) for name in TASKS.names()}
+    assert {name for name, run in runners.items() if run is not None} == {"caption", "multitask"}
+    assert runners["caption"].__name__ == "train_captioner" and runners["multitask"].__name__ == "train_multitask"
+    assert all(runners[name] is None for name in HEAD_TASKS)
+
+
+def test_a_section_only_another_task_reads_is_refused():
+    with pytest.raises(ConfigError, match="caption: read only with task: caption .*task: regression"):
+        parse_config({"task": "regression", "caption": {}})
+    with pytest.raises(ConfigError, match="task caption: encoders.image"):
+        parse_config({"task": "caption", "encoders": {"image": None}})

@@ -71,6 +71,7 @@ def train(
     cfg = load_config(config, overrides)  # before the heavy imports: a bad config fails at once
     from .artifact import check_replaceable
     from .predictor import Predictor
+    from .tasks import create_task, task_runner
     from .train import TrainingInterrupted, read_checkpoint
 
     run = Path(cfg.output_dir)
@@ -78,15 +79,9 @@ def train(
     if resume is not None:
         read_checkpoint(resume)  # a bad checkpoint fails before any data is read
     try:
-        if cfg.task == "caption":  # a decoder with its own training loop (docs/captioning.md)
-            from .captioning.train import train_captioner
-
-            train_captioner(cfg, resume=resume, echo=typer.echo)
-            return
-        if cfg.task == "multitask":  # several tasks over shared encoders (docs/multitask.md)
-            from .multitask.run import train_multitask
-
-            train_multitask(cfg, resume=resume, echo=typer.echo)
+        runner = task_runner(create_task(cfg.task))
+        if runner is not None:  # a task with its own kind of model: captions, several tasks
+            runner(cfg, resume=resume, echo=typer.echo)
             return
         predictor = Predictor(cfg).fit(resume=resume)
     except TrainingInterrupted as stop:
@@ -463,7 +458,8 @@ def serve(
     mask_pii: bool = typer.Option(False, help="Mask personal data (e-mails, phones, cards, IBANs, ids, IPs, secrets) in request texts before the model sees them, and in the log. Always on for a model trained with privacy.mask_pii."),
     **limits: Any,
 ) -> None:
-    """Serve a model over HTTP: predict, embed, search, health, metrics, OpenAPI docs and a web page."""
+    """Serve a model over HTTP: predict, embed, search, health, metrics, OpenAPI docs and a web page;
+    a caption model (task: caption) answers POST /caption instead of predict and embed."""
     from .serve import ServeSettings
     from .serve import serve as run_server
     from .serve.security import load_token
@@ -476,9 +472,6 @@ def serve(
                              **limits)
     if not (model / "config.yaml").is_file():
         raise MmfuseError(f"{model}: not a model directory (no config.yaml)")
-    if (model / "caption.json").is_file():  # before the server starts: it would only fail to load it
-        raise MmfuseError(f"{model} is a caption model: serving captions is not built yet; caption images with "
-                          f"`mmfuse caption {model} --images FOLDER_OR_TABLE`")
     run_server(settings.check())
 
 

@@ -465,26 +465,12 @@ def check_names(config: Config) -> None:
     from .fusion import FUSIONS
     from .tasks import TASKS
 
-    if config.task == "caption":  # a decoder with its own loop (mmfuse.captioning), not a Task head
-        if config.encoders.image is None:
-            raise ConfigError("task caption: encoders.image must name an image encoder")
-    elif config.task == "multitask":  # several Task heads over shared encoders (mmfuse.multitask)
-        if config.multitask is None:
-            raise ConfigError("task multitask: a multitask section listing the tasks is needed")
-        for spec in config.multitask.tasks:
-            try:
-                TASKS.get(spec.type)
-            except ConfigError as error:
-                raise ConfigError(f"multitask.tasks {spec.name!r}: {error}") from None
-    else:
-        try:
-            TASKS.get(config.task)
-        except ConfigError as error:
-            raise ConfigError(f"{error}, caption, multitask") from None
-        if config.caption is not None:
-            raise ConfigError(f"caption: read only with task: caption (this config has task: {config.task})")
-    if config.multitask is not None and config.task != "multitask":
-        raise ConfigError(f"multitask: read only with task: multitask (this config has task: {config.task})")
+    task = TASKS.create(config.task)  # unknown: a ConfigError naming the registered tasks
+    task.check_config(config)
+    for other in TASKS.names():  # a section only another task reads would be ignored without a word
+        section = TASKS.get(other).section
+        if section and section != task.section and getattr(config, section, None) is not None:
+            raise ConfigError(f"{section}: read only with task: {other} (this config has task: {config.task})")
     FUSIONS.get(config.fusion.name)
     semi = config.semi_supervised
     if semi is not None and semi.enabled and config.task != "classification":

@@ -1,4 +1,5 @@
-"""The FastAPI app of `mmfuse serve`: wiring of settings, model loading, batcher, metrics, page."""
+"""The FastAPI app of `mmfuse serve`: wiring of settings, model loading, batcher, metrics, page.
+A caption model's app is this one with its own model runner and routes (serve/captions.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -15,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from ..captioning.artifact import is_caption_model
 from ..modalities import MODALITIES
 from .batcher import MicroBatcher
 from .errors import install_handlers
@@ -23,7 +25,7 @@ from .limits import BodyLimit
 from .metrics import Metrics
 from .model_state import ModelState
 from .openapi import install_openapi
-from .routes import api, health
+from .routes import api, health, monitoring
 from .settings import ServeSettings
 
 log = logging.getLogger("mmfuse.serve")
@@ -44,11 +46,13 @@ def _default_loader(settings: ServeSettings) -> Callable[[], Any]:
 
 
 def create_app(settings: ServeSettings, *, load: Callable[[], Any] | None = None) -> FastAPI:
-    """`load` returns a Predictor (default: Predictor.load(settings.model_dir)); it runs in a
-    background thread at startup so /health/live answers at once and /health/ready says 503
+    """`load` returns a Predictor (default: Predictor.load(settings.model_dir)), or for a caption
+    model directory (captioner, config) (default: load_captioner(settings.model_dir)); it runs in
+    a background thread at startup so /health/live answers at once and /health/ready says 503
     until the model is there."""
     settings.check()
     metrics = Metrics()
+    caption_model = is_caption_model(settings.model_dir)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -69,7 +73,12 @@ def create_app(settings: ServeSettings, *, load: Callable[[], Any] | None = None
     app = FastAPI(title="mmfuse", summary="Multimodal model server (" + " + ".join(MODALITIES) + ")", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.model = ModelState(load or _default_loader(settings))
+    if caption_model:  # /caption and its own /info instead of /info, /predict and /embed
+        from .captions import caption_routes as model_routes, caption_state
+
+        app.state.model = caption_state(settings, load)
+    else:
+        app.state.model, model_routes = ModelState(load or _default_loader(settings)), api
     metrics.ready.set_function(lambda: float(app.state.model.status == "ready"))
     app.state.search = None
     if settings.index_dir is not None:
@@ -78,12 +87,14 @@ def create_app(settings: ServeSettings, *, load: Callable[[], Any] | None = None
         attach_search(app, settings.index_dir)
     install_handlers(app, metrics.count_error)
     # add_middleware puts each new one outside the previous: BodyLimit is the outer one.
-    app.add_middleware(FastLane)
+    if not caption_model:  # it answers POST /predict, which a caption model has not
+        app.add_middleware(FastLane)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
                        count_error=metrics.count_error)
     app.include_router(health)
-    app.include_router(api)
+    app.include_router(monitoring)
+    app.include_router(model_routes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     install_openapi(app)
 

@@ -105,8 +105,7 @@ def finish(schema: dict[str, Any], settings, modalities: list[str] | None) -> No
     if search is not None:
         _json_row(search, ["text", "image"], limits, at_least_one=True)
         search["oneOf"] = search.pop("anyOf")  # exactly one of them
-    upload = _upload_body(schema)
-    if upload is not None:
+    for upload in _upload_bodies(schema):
         _form(upload, components, taken, limits)
 
 
@@ -158,12 +157,15 @@ def _json_row(target: dict[str, Any], taken: list[str], limits: dict[str, Any], 
                                  + ", ".join(n for n in properties if n in taken) + ".").strip()
 
 
-def _upload_body(schema: dict[str, Any]) -> dict[str, Any] | None:
-    try:
-        body = schema["paths"]["/predict/upload"]["post"]["requestBody"]
-        return body if "multipart/form-data" in body.get("content", {}) else None
-    except KeyError:
-        return None
+# Multipart bodies with a part per modality: a classification model's upload, a caption model's image.
+UPLOAD_PATHS = ("/predict/upload", "/caption")
+
+
+def _upload_bodies(schema: dict[str, Any]):
+    for path in UPLOAD_PATHS:
+        body = schema.get("paths", {}).get(path, {}).get("post", {}).get("requestBody", {})
+        if "multipart/form-data" in body.get("content", {}):
+            yield body
 
 
 def _form(request_body: dict[str, Any], components: dict[str, Any], taken: list[str], limits: dict[str, Any]) -> None:

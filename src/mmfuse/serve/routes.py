@@ -1,4 +1,5 @@
-"""The HTTP endpoints: health, info, metrics, predict (JSON and multipart), embed.
+"""The HTTP endpoints: health, info, metrics, predict (JSON and multipart), embed. A caption
+model's server has health and metrics from here, its own info and /caption (serve/captions.py).
 
 No modality is named here: rows, form parts and contributions follow `mmfuse.modalities.MODALITIES`.
 
@@ -73,6 +74,8 @@ def refusals(*statuses: int) -> dict[int | str, dict]:
 MODEL_REFUSALS = (401, 408, 413, 415, 422, 503, 504)
 
 health = APIRouter(tags=["health"])
+# Every server's /metrics (a classification or a caption model's); `api`: a classification model's.
+monitoring = APIRouter(dependencies=[Depends(require_token)], route_class=StrictRoute)
 api = APIRouter(dependencies=[Depends(require_token)], route_class=StrictRoute)
 
 
@@ -96,7 +99,7 @@ def ready(request: Request):
                         headers={"Retry-After": "1"})
 
 
-@api.get("/metrics", tags=["health"], response_class=Response, responses={
+@monitoring.get("/metrics", tags=["health"], response_class=Response, responses={
     200: {"description": "Prometheus text format.", "content": {"text/plain": {"schema": {"type": "string"}}}},
     **refusals(401)})
 def metrics(request: Request) -> Response:
@@ -119,15 +122,20 @@ def info(request: Request) -> Info:
     """What the model expects and answers, how to send each input, and the server's input limits."""
     settings, runner = request.app.state.settings, runner_of(request)
     limits = settings.limits()
-    inputs = {name: ModalityInfo(kind="file" if MODALITIES[name].is_file else "text", help=MODALITIES[name].help,
-                                 formats=list(MODALITIES[name].formats),
-                                 limits={k: v for k, v in limits.items() if k in MODALITIES[name].limits})
-              for name in runner.modalities}
+    inputs = {name: modality_info(name, limits) for name in runner.modalities}
     return Info(task=runner.task.name, labels=runner.labels, modalities=runner.modalities, inputs=inputs,
                 search=request.app.state.search is not None, auth=settings.token is not None,
                 max_rows=settings.max_rows, explain=runner.explains, max_explain_rows=settings.max_explain_rows,
                 max_body_bytes=settings.max_body_bytes,
                 max_request_pixels=settings.max_request_pixels, limits=limits)
+
+
+def modality_info(name: str, limits: dict) -> ModalityInfo:
+    """How to send one input: its kind, formats and this server's caps on it."""
+    modality = MODALITIES[name]
+    return ModalityInfo(kind="file" if modality.is_file else "text", help=modality.help,
+                        formats=list(modality.formats),
+                        limits={k: v for k, v in limits.items() if k in modality.limits})
 
 
 # ----- turning requests into model rows -----------------------------------------------------
@@ -157,7 +165,7 @@ def _limits(request: Request, runner: ModelRunner) -> dict:
     if cached is None or cached[0] is not runner:  # once per model (the settings do not change)
         settings = request.app.state.settings
         mask = settings.mask_pii or runner.masks_pii
-        masker = masker_for(runner.predictor.config.privacy) if mask else None  # once per model, not per row
+        masker = masker_for(runner.config.privacy) if mask else None  # once per model, not per row
         cached = request.app.state.input_limits = (runner, {**settings.limits(), **runner.encoder_options,
                                                             "mask_pii": mask, "masker": masker})
     return cached[1]
@@ -216,7 +224,7 @@ def _json_rows(request: Request, runner: ModelRunner, rows: list[RowIn], deadlin
     return _rows(request, runner, raw, deadline, inline)
 
 
-def _deadline(request: Request) -> float:
+def deadline_of(request: Request) -> float:
     return time.monotonic() + request.app.state.settings.timeout_s
 
 
@@ -255,7 +263,8 @@ def _file_bytes(rows: list[RowIn]) -> int:
                if modality.is_file and getattr(row, name) is not None)
 
 
-async def _run(request: Request, rows: list[ModelRow], deadline: float) -> list[RowResult]:
+async def run_rows(request: Request, rows: list[ModelRow], deadline: float) -> list:
+    """The model's results for `rows` (through the batcher), or the 503 / 504 answer."""
     try:
         # A future, not a coroutine: wait_for then needs no task of its own.
         job = request.app.state.batcher.submit_nowait(rows)
@@ -315,7 +324,7 @@ async def _predict(request: Request, runner: ModelRunner, rows: list[ModelRow], 
             row.explain_until = deadline
     todo, plan = _explained(rows, explain)
     try:
-        results = await _run(request, todo, deadline)
+        results = await run_rows(request, todo, deadline)
     finally:
         discard(rows)  # the rows without a modality share these files
     predictions = []
@@ -344,7 +353,7 @@ async def predict(request: Request, body: PredictRequest) -> Response:
 
 async def predict_json(request: Request, body: PredictRequest) -> Response:
     """POST /predict once the body is validated (also the end of the fast lane, serve/fastlane.py)."""
-    runner, deadline = runner_of(request), _deadline(request)
+    runner, deadline = runner_of(request), deadline_of(request)
     if body.explain:  # before decoding anything (an upload is one row: always within the cap)
         check_explain_rows(len(body.rows), request.app.state.settings.max_explain_rows)
     rows = await _decoded(request, deadline, _file_bytes(body.rows), _json_rows, request, runner, body.rows, deadline)
@@ -354,7 +363,7 @@ async def predict_json(request: Request, body: PredictRequest) -> Response:
 async def predict_upload(request: Request, top_k: int = 3, explain: bool = False, **parts) -> Response:
     """Predict one row from a multipart form: a file part per file input (image, audio, ...) and a
     form field per text input, each optional."""
-    runner, deadline = runner_of(request), _deadline(request)
+    runner, deadline = runner_of(request), deadline_of(request)
     values: dict[str, bytes | str | None] = {}
     for name, modality in MODALITIES.items():
         part = parts.get(name)
@@ -362,9 +371,17 @@ async def predict_upload(request: Request, top_k: int = 3, explain: bool = False
             # An empty file input of a browser form (no name, no bytes) means "no file".
             part = await part.read() if (part.filename or part.size) else None
         values[name] = part
-    size = sum(len(value) for value in values.values() if isinstance(value, bytes))
-    rows = await _decoded(request, deadline, size, _rows, request, runner, [("", values)], deadline)
+    rows = await upload_rows(request, runner, values, deadline)
     return await _predict(request, runner, rows, top_k, explain, deadline)
+
+
+async def upload_rows(request: Request, runner, values: dict[str, bytes | str | None],
+                      deadline: float) -> list[ModelRow]:
+    """One row of uploaded parts (bytes for files, strings otherwise) -> [its ModelRow], vetted
+    within the request's caps and deadline. `runner`: a ModelRunner, or the CaptionRunner of
+    /caption (serve/captions.py), which has the same `modalities`, `config`, `encoder_options`."""
+    size = sum(len(value) for value in values.values() if isinstance(value, bytes))
+    return await _decoded(request, deadline, size, _rows, request, runner, [("", values)], deadline)
 
 
 def _upload_part(name: str, modality: Modality) -> inspect.Parameter:
@@ -395,10 +412,10 @@ api.post("/predict/upload", response_model=PredictResponse, tags=["model"],
 @api.post("/embed", response_model=EmbedResponse, tags=["model"], responses=refusals(*MODEL_REFUSALS, 501))
 async def embed(request: Request, body: EmbedRequest) -> Response:
     """The fused representation (the task head's input) of each row."""
-    runner, deadline = runner_of(request), _deadline(request)
+    runner, deadline = runner_of(request), deadline_of(request)
     rows = await _decoded(request, deadline, _file_bytes(body.rows), _json_rows, request, runner, body.rows, deadline)
     try:
-        results = await _run(request, rows, deadline)
+        results = await run_rows(request, rows, deadline)
     finally:
         discard(rows)
     vectors = []

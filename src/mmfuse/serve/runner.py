@@ -50,7 +50,7 @@ class ModelRunner:
         # Requests repeat their inputs (easy-VQA: ~100 distinct questions): keep the frozen
         # encoders' features in memory instead of re-encoding them in every batch.
         predictor.small_request_cache = FeatureLRU()
-        config = predictor.config
+        self.config = config = predictor.config
         self.task = create_task(config.task)
         self.labels = list(predictor.labels)
         self.modalities = list(config.modalities())
@@ -78,6 +78,11 @@ class ModelRunner:
             self.model = inference_model(predictor.model)
         # mmfuse.explain explains a class with the torch model's gradients.
         self.explains = self.direct and self.task.explainable
+
+    @property
+    def summary(self) -> str:
+        """What was loaded, for the log."""
+        return f"{self.task.name}, {len(self.labels)} labels"
 
     def __call__(self, rows: list[ModelRow]) -> list[RowResult]:
         results = self._direct(rows) if self.direct else self._via_predict_scores(rows)

@@ -159,6 +159,27 @@ class Info(BaseModel):
     limits: dict[str, int | float] = Field(description="Every input cap of this server.")
 
 
+class CaptionInfo(BaseModel):
+    """A caption model's server: what to send to /caption and how the caption is searched."""
+
+    task: Literal["caption"]
+    modalities: list[str] = Field(description="The model's inputs: one image.")
+    inputs: dict[str, ModalityInfo] = Field(description="How to send the image.")
+    beam_size: int = Field(description="Beam width of the caption search (1: greedy), the model's caption.beam_size.")
+    max_length: int = Field(description="Most tokens in a caption.")
+    search: bool
+    auth: bool
+    max_body_bytes: int
+    limits: dict[str, int | float] = Field(description="Every input cap of this server.")
+
+
+class CaptionResponse(BaseModel):
+    caption: str = Field(description="The model's caption of the image.")
+    beam_size: int = Field(description="The beam width it was searched with (1: greedy).")
+    seconds: float = Field(description="The server's time on the request once its body was in: decoding the "
+                                       "image, waiting for the model and captioning.")
+
+
 class ErrorDetail(BaseModel):
     field: str
     message: str

@@ -3,8 +3,8 @@
     from mmfuse.tasks import create_task, available_tasks
     task = create_task("multilabel")
 """
-from . import classification, multilabel, regression  # noqa: F401
+from . import caption, classification, multilabel, multitask, regression  # noqa: F401
 from ..errors import LabelProblem
-from .base import TASKS, Task, available_tasks, create_task, register_task
+from .base import TASKS, Task, available_tasks, create_task, register_task, task_runner
 
-__all__ = ["Task", "TASKS", "LabelProblem", "create_task", "available_tasks", "register_task"]
+__all__ = ["Task", "TASKS", "LabelProblem", "create_task", "available_tasks", "register_task", "task_runner"]

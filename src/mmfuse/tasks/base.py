@@ -65,6 +65,15 @@ class Task:
     # The evaluation metric reports, robustness curves and comparisons lead with.
     headline: str
     headline_mode: str  # "max" or "min"
+    # A task that trains its own kind of model (a caption decoder, several heads) names the
+    # function that does it, "module:function(config, *, resume, echo)"; None: the Predictor
+    # trains a fusion model with this task's head.
+    runner: str | None = None
+    # The config section only this task reads (caption, multitask): refused under another task.
+    section: str | None = None
+
+    def check_config(self, config: Any) -> None:
+        """Checks of a config with this task, before any data is read (a ConfigError if wrong)."""
 
     # ----- labels --------------------------------------------------------------------------
     def parse_label(self, value: Any, allowed: set[str] | None, separator: str) -> Any:
@@ -135,6 +144,16 @@ register_task = TASKS.register
 
 def create_task(name: str) -> Task:
     return TASKS.create(name)
+
+
+def task_runner(task: Task):
+    """The function a task with its own training (Task.runner) trains with; None for the others."""
+    if task.runner is None:
+        return None
+    import importlib
+
+    module, function = task.runner.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def available_tasks() -> list[str]:

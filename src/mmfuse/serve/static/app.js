@@ -3,12 +3,14 @@
 // over the image, the question's words coloured by their effect), and search the index when the
 // server has one. Audio can also be recorded from the microphone: Web Audio collects Float32
 // samples and they are sent as a 16-bit PCM mono WAV (the server decodes WAV / FLAC / OGG, not the
-// WebM / Opus of MediaRecorder). Plain DOM, no build step.
+// WebM / Opus of MediaRecorder). A caption model's server (/info says task "caption") gets an image
+// input and its caption instead. Plain DOM, no build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 let token = sessionStorage.getItem("mmfuse-token") || "";
 let info = null; // the server's /info once loaded
+const captioning = () => info && info.task === "caption";
 
 const RECORD_RATE = 16000; // the rate of the WAV we send (the models' rate; smaller uploads)
 
@@ -287,7 +289,10 @@ async function loadInfo() {
   try {
     info = await call("/info");
     $("auth").hidden = true;
-    $("model-info").textContent = `${info.task} model, ${info.labels.length} labels, inputs: ${info.modalities.join(" + ")}`;
+    $("model-info").textContent = captioning()
+      ? `caption model (beam size ${info.beam_size}), input: ${info.modalities.join(" + ")}`
+      : `${info.task} model, ${info.labels.length} labels, inputs: ${info.modalities.join(" + ")}`;
+    if (captioning()) $("ask").textContent = "Caption";
     $("search").hidden = !info.search;
     buildInputs();
     $("ask").disabled = false;
@@ -296,6 +301,12 @@ async function loadInfo() {
     if (!$("auth").hidden) return;
     setTimeout(loadInfo, 2000); // still loading: try again
   }
+}
+
+function showCaption(body) {
+  $("caption").textContent = body.caption;
+  $("caption-meta").textContent = `beam size ${body.beam_size}, ${Math.round(1000 * body.seconds)} ms`;
+  $("caption-result").hidden = false;
 }
 
 function showPrediction(prediction, images) {
@@ -404,13 +415,19 @@ async function ask(event) {
     const preview = $("preview-" + name);
     if (preview && preview.tagName === "IMG") images[name] = preview.src;
   }
-  form.append("top_k", "5");
-  form.append("explain", "true");
+  if (!captioning()) {
+    form.append("top_k", "5");
+    form.append("explain", "true");
+  }
   $("ask").disabled = true;
-  $("result").hidden = true; // no answer to other inputs on show while this one is computed
+  $("result").hidden = $("caption-result").hidden = true; // no answer to other inputs on show meanwhile
   try {
-    const body = await call("/predict/upload", { method: "POST", body: form });
-    showPrediction(body.predictions[0], images);
+    if (captioning()) {
+      showCaption(await call("/caption", { method: "POST", body: form }));
+    } else {
+      const body = await call("/predict/upload", { method: "POST", body: form });
+      showPrediction(body.predictions[0], images);
+    }
   } catch (error) {
     showError(error);
   } finally {
