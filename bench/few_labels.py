@@ -6,12 +6,16 @@ labelled (every question of a labelled image labelled, the rest unlabelled), thr
 - fully supervised: every training row labelled (the ceiling; the same for every fraction).
 
 Each data set's `compare:` settings (EfficientNet-Lite0 frozen at 64 px and MiniLM, features cached
-once; batches of 256 rows) with FiLM fusion; every run the same epochs (an epoch of the
-semi-supervised run is one pass over the unlabelled rows). The label set is known in advance
-(data.labels), as in USB. Scored on the official test split; gap closed = (semi - sup) / (full - sup).
+once; batches of 256 rows) with FiLM fusion; or with --trainable the data set's own config (the
+small CNN trained from scratch on the pixels, batches of images: pixel jitter is then a strong view
+and pseudo-labels can teach the image encoder). Every run the same epochs (an epoch of the
+semi-supervised run is one pass over the unlabelled rows or images). The label set is known in
+advance (data.labels), as in USB. Scored on the official test split; gap closed =
+(semi - sup) / (full - sup).
 
     python bench/few_labels.py [--quick] [--datasets easy_vqa,shape_scenes] [--fractions 0.01,0.05,0.1]
-                               [--seeds 3] [--epochs 8] [--adaptive freematch] [--out runs/few_labels]
+                               [--seeds 3] [--epochs 8] [--adaptive freematch] [--trainable]
+                               [--modality-dropout 0.2] [--feature-dropout 0] [--out runs/few_labels]
 """
 from __future__ import annotations
 

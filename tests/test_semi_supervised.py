@@ -176,3 +176,28 @@ def test_the_section_needs_classification(tmp_path):
     with pytest.raises(ConfigError, match="semi_supervised: pseudo-labels need task: classification"):
         parse_config(tiny_config(tmp_path, "t.csv", task="regression", semi_supervised={}))
     parse_config(tiny_config(tmp_path, "t.csv", task="regression", semi_supervised={"enabled": False}))
+
+
+def test_strong_view_drops_features_and_jitters_pixels_but_keeps_rows():
+    from mmfuse.data.batching import Batch, ModalityBatch
+    from mmfuse.features import Features
+    from mmfuse.semi_supervised import strong_view
+
+    torch.manual_seed(0)
+    present = torch.ones(64, dtype=torch.bool)
+    text = Features(pooled=torch.ones(64, 32), tokens=torch.ones(64, 5, 32), present=present)
+    pixels = torch.full((2, 3, 16, 16), 100, dtype=torch.uint8)
+    pixels[:, :, 4:12, 4:12] = 250
+    batch = Batch(rows=torch.arange(64), target=None, modalities={
+        "text": ModalityBatch(present=present, features=text),
+        "image": ModalityBatch(present=present, prepared={"pixels": pixels}, inverse=torch.arange(64) % 2)})
+    semi = SemiSupervisedConfig(modality_dropout=0.0, feature_dropout=0.5, image_augment=True)
+    strong = strong_view(batch, semi)
+    pooled = strong.modalities["text"].features.pooled
+    assert set(pooled.unique().tolist()) == {0.0, 2.0}  # inverted dropout: kept values scaled by 1 / (1 - p)
+    assert 0.35 < (pooled == 0).float().mean().item() < 0.65
+    assert strong.modalities["text"].present.all() and strong.rows.tolist() == batch.rows.tolist()
+    assert not torch.equal(strong.modalities["image"].prepared["pixels"], pixels)  # moved / re-lit
+    assert strong.modalities["image"].prepared["pixels"].shape == pixels.shape
+    plain = strong_view(batch, SemiSupervisedConfig(modality_dropout=0.0, image_augment=False))
+    assert torch.equal(plain.modalities["text"].features.pooled, text.pooled)  # feature_dropout 0: untouched

@@ -26,6 +26,17 @@ FILES = ("config.yaml", "model.safetensors", "labels.json", "encoders.json")
 SUBSTITUTES = "word_substitutes.json"  # optional: the words training texts use in each place (explain)
 
 
+# A model directory's kind, by the file only that kind writes: each kind has its own loader and
+# commands (a fusion model: Predictor.load; caption: mmfuse.captioning; multitask: mmfuse.multitask).
+KIND_MARKERS = {"caption": "caption.json", "multitask": "tasks.json"}
+
+
+def model_kind(directory: str | Path) -> str:
+    """"caption", "multitask" or "fusion" (a Predictor's: classification, multi-label, regression)."""
+    path = Path(directory)
+    return next((kind for kind, marker in KIND_MARKERS.items() if (path / marker).is_file()), "fusion")
+
+
 def rebuilt_prefixes(model) -> tuple[str, ...]:
     """State-dict prefixes of the encoders that loading rebuilds from their source."""
     return tuple(f"encoders.{m}." for m, e in model.encoders.items() if e.rebuilt_on_load)
@@ -132,11 +143,12 @@ def load_artifact(cls, directory: str | Path):
     path = Path(directory)
     if not path.is_dir():
         raise ArtifactError(f"{path} is not a model directory")
-    if (path / "caption.json").is_file():  # mmfuse.captioning's format: its own loader and command
+    kind = model_kind(path)
+    if kind == "caption":
         raise ArtifactError(f"{path} is a caption model: caption images with `mmfuse caption {path} --image IMAGE` "
                             "(predict, evaluate, explain and serve take classification, multi-label and "
                             "regression models)")
-    if (path / "tasks.json").is_file():  # mmfuse.multitask's format
+    if kind == "multitask":
         raise ArtifactError(f"{path} is a multi-task model: predict with `mmfuse predict {path} --data TABLE` "
                             "(evaluate, explain, export and serve take single-task models)")
     missing = [name for name in FILES if not (path / name).is_file()]

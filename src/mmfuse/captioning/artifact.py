@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save
 
-from ..artifact import read_config, read_json, read_part
+from ..artifact import model_kind, read_config, read_json, read_part
 from ..atomic import write_atomic
 from ..config import Config, dump_config
 from ..errors import ArtifactError
@@ -20,7 +20,7 @@ FILES = ("config.yaml", "model.safetensors", "caption.json")
 
 
 def is_caption_model(directory: str | Path) -> bool:
-    return (Path(directory) / "caption.json").is_file()
+    return model_kind(directory) == "caption"
 
 
 def save_captioner(model: Captioner, config: Config, directory: str | Path, metrics: dict | None = None) -> Path:

@@ -9,7 +9,8 @@ from typing import Any
 
 from safetensors.torch import save
 
-from ..artifact import encoder_records, load_weights, read_config, read_json, read_part, rebuild_encoders, trainable_state
+from ..artifact import (encoder_records, load_weights, model_kind, read_config, read_json, read_part,
+                        rebuild_encoders, trainable_state)
 from ..atomic import write_atomic
 from ..config import Config, dump_config
 from ..errors import ArtifactError
@@ -21,7 +22,7 @@ FILES = ("config.yaml", "model.safetensors", "tasks.json", "encoders.json")
 
 
 def is_multitask_model(directory: str | Path) -> bool:
-    return (Path(directory) / "tasks.json").is_file()
+    return model_kind(directory) == "multitask"
 
 
 def save_multitask(model: MultiTaskModel, config: Config, labels: dict[str, list[str]], directory: str | Path,
