@@ -54,10 +54,23 @@ def config(tmp_path, **multitask):
     ({"tasks": [{"name": "a", "column": "x"}], "monitor": "b"}, "neither 'mean' nor a task"),
     ({"tasks": [{"name": "a", "column": "x"}], "sharing": "hierarchical"}, "level 0 and at level 1"),
     ({"tasks": [{"name": "a", "column": "x", "type": "ranking"}]}, "multitask.tasks 'a'"),
+    ({"tasks": [{"name": "image", "column": "x"}]}, "clash with a prediction column"),
+    ({"tasks": [{"name": "a_score", "column": "x"}]}, "clash with a prediction column"),
+    ({"tasks": [{"name": "a", "column": "x"}], "sharing": "soft", "weighting": "gradnorm"}, "soft sharing has none"),
 ])
 def test_bad_multitask_sections_fail_naming_what_is_wrong(tmp_path, multitask, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(tiny_config(tmp_path, "t.csv", task="multitask", multitask=multitask))
+
+
+def test_settings_pcgrad_or_multitask_cannot_honour_are_refused(tmp_path):
+    tasks = {"tasks": [{"name": "a", "column": "x"}]}
+    with pytest.raises(ConfigError, match="pcgrad steps by hand without fp16"):
+        parse_config(tiny_config(tmp_path, "t.csv", task="multitask", multitask={**tasks, "weighting": "pcgrad"},
+                                 **{"train.precision": "16-mixed"}))
+    with pytest.raises(ConfigError, match="train.alignment: not read with task: multitask"):
+        parse_config(tiny_config(tmp_path, "t.csv", task="multitask", multitask=tasks,
+                                 **{"train.alignment": {"contrastive": 0.1}}))
 
 
 def test_multitask_section_needs_task_multitask(tmp_path):
@@ -68,10 +81,11 @@ def test_multitask_section_needs_task_multitask(tmp_path):
 
 
 def test_mean_monitor_refuses_a_lower_is_better_task(tmp_path):
-    cfg = parse_config(tiny_config(tmp_path, "t.csv", task="multitask", multitask={
-        "tasks": [{"name": "a", "column": "x"}, {"name": "v", "column": "y", "type": "regression"}]}))
-    with pytest.raises(ConfigError, match="v are scored where lower is better"):
-        build_multitask_model(cfg, {"a": ["p", "q"], "v": []})
+    tasks = [{"name": "a", "column": "x"}, {"name": "v", "column": "y", "type": "regression"}]
+    with pytest.raises(ConfigError, match="v are scored where lower is better"):  # before any data is read
+        parse_config(tiny_config(tmp_path, "t.csv", task="multitask", multitask={"tasks": tasks}))
+    cfg = parse_config(tiny_config(tmp_path, "t.csv", task="multitask", multitask={"tasks": tasks, "monitor": "v"}))
+    assert build_multitask_model(cfg, {"a": ["p", "q"], "v": []}).objective() == ("val_v", "min")
 
 
 def test_scene_question_types():
@@ -99,10 +113,10 @@ def test_gradnorm_favours_the_task_that_trains_slower():
     torch.manual_seed(0)
     weighting = GradNormWeighting({"fast": 1.0, "slow": 1.0}, alpha=1.5)
     optimizer = torch.optim.SGD(weighting.parameters(), lr=0.05)
-    z = {"fast": torch.randn(8, 4, requires_grad=True), "slow": torch.randn(8, 4, requires_grad=True)}
+    z = torch.randn(8, 4, requires_grad=True)  # the shared layer both losses pass through
     for step in range(20):
         fast_scale = 0.9 ** step  # its loss falls, the other's does not
-        losses = {"fast": fast_scale * z["fast"].square().mean(), "slow": z["slow"].square().mean()}
+        losses = {"fast": fast_scale * z[:, :2].square().mean(), "slow": z[:, 2:].square().mean()}
         optimizer.zero_grad()
         weighting.combine(losses, z).backward()
         optimizer.step()
@@ -142,6 +156,7 @@ def test_sharing_modes_build_what_they_say(tmp_path):
     assert layered.lift is not None and layered.levels == {"answer": 1, "colour": 0, "kind": 1}
     shared_ids = {id(p) for p in hard.shared_parameters()}
     assert all(id(p) in shared_ids for p in hard.fusions.parameters())
+    assert {id(p) for p in layered.lift.parameters()} <= {id(p) for p in layered.shared_parameters()}
     assert not any(id(p) in {id(q) for q in soft.shared_parameters()} for p in soft.fusions.parameters())
 
 
@@ -154,6 +169,7 @@ def test_hierarchical_lower_task_does_not_reach_the_layer_above(tmp_path):
                                                                                 cfg.multitask.tasks, cfg.data))
     batch = dataset[list(range(8))]
     outputs = model(batch)
+    assert model.representations(batch)[1] is not None  # the shared fused vector GradNorm measures at
     outputs["colour"].sum().backward()
     assert all(p.grad is None for p in model.lift.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.fusions.parameters())
@@ -188,9 +204,9 @@ def test_unreadable_cells_are_counted_or_fail_under_strict(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         values = read_task_labels(cfg.data.source, frame, specs, cfg.data)["score"].values
     assert values[-1] is None and values[0] == pytest.approx(1.5)
-    assert "1 cell(s) of column 'score' not readable" in caplog.text
+    assert f"1 cell(s) of {cfg.data.source} column 'score' not readable" in caplog.text
     strict = cfg.data.model_copy(update={"strict": True})
-    with pytest.raises(DataError, match=f"row {bad_row}, column 'score'"):
+    with pytest.raises(DataError, match=f"table.csv row {bad_row}, column 'score'"):
         read_task_labels(cfg.data.source, frame, specs, strict)
 
 
@@ -204,7 +220,8 @@ def test_a_missing_task_column_is_named(tmp_path):
 # ----- a run -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sharing, weighting", [("hard", "fixed"), ("soft", "uncertainty"),
-                                                ("hierarchical", "gradnorm"), ("hard", "pcgrad")])
+                                                ("hierarchical", "gradnorm"), ("hard", "pcgrad"),
+                                                ("soft", "pcgrad")])
 def test_a_run_trains_reports_each_task_and_saves_a_loadable_model(tmp_path, sharing, weighting):
     cfg = config(tmp_path, sharing=sharing, weighting=weighting)
     lines = []
@@ -254,3 +271,36 @@ def test_a_saved_model_predicts_every_task_from_the_cli(tmp_path):
     assert "multi-task model: predict a table with --data" in str(single.exception)
     served = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run" / "model")])
     assert "is a multi-task model" in str(served.exception)
+
+
+def test_a_task_labelled_on_few_rows_trains_and_a_split_without_its_labels_is_said(tmp_path):
+    """Most batches have no label for `colour`, the test split none at all: every weighting still
+    trains (the task's loss is left out of those batches), and the report says what it lacks."""
+    cfg = config(tmp_path)
+    table = pd.read_csv(cfg.data.source, keep_default_na=False)
+    keep = [r - 1 for r in read_splits(cfg)["train"]["row"] if table["colour"][r - 1]][:3]
+    table["colour"] = [table["colour"][i] if i in keep else "" for i in range(len(table))]
+    table.to_csv(cfg.data.source, index=False)
+    for weighting in ("fixed", "uncertainty", "gradnorm", "pcgrad"):
+        cfg.multitask.weighting = weighting
+        lines = []
+        result = train_multitask(cfg, echo=lines.append)
+        assert "colour" not in result["tasks"] and set(result["tasks"]) == {"answer", "kind"}
+        assert any("test colour: no labelled test rows" in line for line in lines)
+
+
+def test_list_cells_of_any_task_keep_their_rows(tmp_path):
+    """A multi-label task with list cells (a DataFrame, JSONL) first in the list: rows are kept,
+    and each task parses its own column."""
+    frame = make_shapes_table(tmp_path / "images")
+    frame["image"] = str(tmp_path / "images") + "/" + frame["image"]
+    frame["tags"] = [["square", row.answer] for row in frame.itertuples()]
+    source = tmp_path / "table.jsonl"
+    frame.to_json(source, orient="records", lines=True)
+    cfg = parse_config(tiny_config(tmp_path, source, task="multitask", multitask={"tasks": [
+        {"name": "tags", "column": "tags", "type": "multilabel"}, {"name": "answer", "column": "answer"}]}))
+    parts = read_splits(cfg)
+    assert sum(len(p) for p in parts.values()) == len(frame)
+    labels = read_task_labels(cfg.data.source, parts["train"], cfg.multitask.tasks, cfg.data)
+    assert all(sorted(v) == sorted(frame["tags"][r - 1]) for v, r in zip(labels["tags"].values, parts["train"]["row"]))
+    assert labels["tags"].encode(["blue", "green", "no", "red", "square", "yes"]).shape == (len(parts["train"]), 6)

@@ -228,6 +228,11 @@ class MultiTaskConfig(Section):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"task names must differ: {', '.join(repeated)} repeated")
+        # Predictions have a column per task and <task>_score beside the row and input columns.
+        reserved = [n for n in names if n in ("row", "image", "text", "audio") or n.endswith("_score")]
+        if reserved:
+            raise ValueError(f"task name {reserved[0]!r} would clash with a prediction column "
+                             "(row, image, text, audio, or one ending in _score)")
         if self.monitor != "mean" and self.monitor not in names:
             raise ValueError(f"monitor {self.monitor!r} is neither 'mean' nor a task ({', '.join(names)})")
         if self.sharing == "hierarchical" and len({t.level for t in self.tasks}) < 2:

@@ -289,8 +289,10 @@ def resumed_epoch(checkpoint: str | Path) -> int:
 
 
 # Lightning's harmless warnings (message patterns): a torch deprecation inside Lightning itself,
-# and frozen encoders kept in eval mode on purpose (FusionTask.on_train_epoch_start).
-HARMLESS_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)", r"Found \d+ module\(s\) in eval mode")
+# frozen encoders kept in eval mode on purpose (ModelTraining.on_train_epoch_start), no validation.
+HARMLESS_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)", r"Found \d+ module\(s\) in eval mode",
+                     # a run without a validation split (fit_briefly, a table too small to spare one)
+                     r"You defined a `validation_step` but have no `val_dataloader`")
 
 
 def quiet_lightning() -> None:

@@ -18,6 +18,11 @@ from ..errors import DataError
 def source_column(source: Any, column: str, rows: pd.Series, what: str) -> np.ndarray:
     """The cells of `column` at 1-based `rows` of `source` (a DataFrame, table path or built-in
     name); `what` names the setting that asked for it in the error for a missing column."""
+    return source_columns(source, [column], rows, {column: what})[column]
+
+
+def source_columns(source: Any, columns: list[str], rows: pd.Series, what: dict[str, str]) -> dict[str, np.ndarray]:
+    """Several columns' cells at `rows`, the table read once."""
     from .datasets import builtin_names, load_builtin
     from .manifest import read_columns
 
@@ -26,12 +31,12 @@ def source_column(source: Any, column: str, rows: pd.Series, what: str) -> np.nd
     elif isinstance(source, str) and source in builtin_names():
         table, name = load_builtin(source).reset_index(drop=True), source
     elif isinstance(source, (str, Path)):
-        try:
-            table, name = read_columns(source, [column]).frame.reset_index(drop=True), str(source)
-        except DataError as error:
-            raise DataError(f"{error} ({what})") from None
+        table, name = read_columns(source, list(dict.fromkeys(columns))).frame.reset_index(drop=True), str(source)
     else:
-        raise DataError(f"{what}: read from a DataFrame, a table file or a built-in data set only")
-    if column not in table.columns:
-        raise DataError(f"{name}: column {column!r} ({what}) not found; it has {', '.join(map(str, table.columns))}")
-    return table[column].to_numpy()[rows.to_numpy() - 1]
+        raise DataError(f"{', '.join(what.values())}: read from a DataFrame, a table file or a built-in data set only")
+    for column in columns:
+        if column not in table.columns:
+            raise DataError(f"{name}: column {column!r} ({what[column]}) not found; "
+                            f"it has {', '.join(map(str, table.columns))}")
+    index = rows.to_numpy() - 1
+    return {column: table[column].to_numpy()[index] for column in columns}

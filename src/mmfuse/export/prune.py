@@ -71,7 +71,12 @@ def finetune(predictor, train, epochs: int, lr: float) -> None:
     tuned.train.lr, tuned.train.schedule, tuned.train.epochs = lr, "constant", epochs
     torch.manual_seed(config.train.seed)
     loader = make_loader(dataset, tuned, shuffle=True)
-    fit_briefly(FusionTask(model, tuned, steps_per_epoch=len(loader)), loader, epochs)
+    # Without train.alignment's auxiliary loss: it shapes the encoders, which do not train here.
+    alignment, model.alignment = model.alignment, None
+    try:
+        fit_briefly(FusionTask(model, tuned, steps_per_epoch=len(loader)), loader, epochs)
+    finally:
+        model.alignment = alignment
     model.eval()
 
 

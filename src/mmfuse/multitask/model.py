@@ -44,17 +44,17 @@ class MultiTaskModel(MultimodalModel):
     def objective(self) -> tuple[str, str]:
         return self.monitor
 
-    def representations(self, batch: Batch) -> dict[str, Tensor]:
-        """The vector each task's head reads."""
+    def representations(self, batch: Batch) -> tuple[dict[str, Tensor], Tensor | None]:
+        """(the vector each task's head reads, the shared fused vector: None under soft sharing)."""
         feats = self.encode(batch)
         if self.sharing == "soft":
-            return {name: self.fusions[name](feats) for name in self.heads}
+            return {name: self.fusions[name](feats) for name in self.heads}, None
         fused = self.fusions[SHARED](feats)
         upper = self.lift(fused) if self.lift is not None else fused
-        return {name: upper if self.levels[name] == 1 else fused for name in self.heads}
+        return {name: upper if self.levels[name] == 1 else fused for name in self.heads}, fused
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
-        return self.outputs(self.representations(batch))
+        return self.outputs(self.representations(batch)[0])
 
     def outputs(self, representations: dict[str, Tensor]) -> dict[str, Tensor]:
         return {name: head(representations[name]) for name, head in self.heads.items()}
@@ -75,6 +75,8 @@ class MultiTaskModel(MultimodalModel):
         shared = [p for e in self.encoders.values() for p in e.parameters() if p.requires_grad]
         if self.sharing != "soft":
             shared += [p for p in self.fusions.parameters() if p.requires_grad]
+        if self.lift is not None:  # read by every level-1 task
+            shared += [p for p in self.lift.parameters() if p.requires_grad]
         return shared
 
 

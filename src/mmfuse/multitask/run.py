@@ -27,13 +27,18 @@ from .weighting import create_weighting
 log = logging.getLogger(__name__)
 
 
+# A label column no table has: the manifest then reads no label (require_label=False), and every
+# task's column is parsed by that task alone (read_task_labels), whatever its order in the list.
+NO_LABEL = "__mmfuse_no_label_column__"
+
+
 def read_splits(config: Config) -> dict[str, pd.DataFrame]:
-    """The source's good rows split into train / val / test. The first task's column stands as the
-    manifest's label column (an empty cell keeps the row): the rows' other checks are the inputs'."""
-    first = config.multitask.tasks[0].column
-    data = config.data.model_copy(update={"columns": ColumnsConfig(**(config.data.columns.model_dump() | {"label": first}))})
+    """The source's good rows (the inputs' checks: missing or unreadable files) split into
+    train / val / test; labels are read per task afterwards."""
+    data = config.data.model_copy(update={"columns": ColumnsConfig(**(config.data.columns.model_dump() | {"label": NO_LABEL})),
+                                          "labels": None})
     manifest = load_manifest(config.data.source, data, task="classification", modalities=config.modalities(),
-                             unlabelled=True)
+                             require_label=False)
     if manifest.bad_rows:
         log.warning("%s", manifest.summary())
         for bad in manifest.bad_rows[:20]:
@@ -134,8 +139,12 @@ def train_multitask(config: Config, *, resume: str | Path | None = None,
     write_atomic(out / "report.md", report_markdown(results, config, split, fit))
     save_multitask(model, config, labels, out / "model", {"fit": fit, "split": split, "tasks": results})
     echo(f"trained {fit['epochs']} epochs in {fit['train_seconds']:.1f} s ({spec.sharing} sharing, {spec.weighting} weighting)")
-    for name, result in results.items():
-        echo(f"{split} {name}: {result['headline']} {format_metric(result['metrics'][result['headline']])} "
+    for t in spec.tasks:
+        result = results.get(t.name)
+        if result is None:
+            echo(f"{split} {t.name}: no labelled {split} rows (column {t.column!r} empty there)")
+            continue
+        echo(f"{split} {t.name}: {result['headline']} {format_metric(result['metrics'][result['headline']])} "
              f"({result['rows']} rows)")
     echo(f"report: {out / 'report.md'}; model: {out / 'model'}")
     return {"fit": fit, "split": split, "tasks": results}

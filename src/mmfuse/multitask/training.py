@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from ..config import Config
 from ..data.batching import Batch
 from ..tasks import create_task
-from ..train import ModelTraining, drop_modalities
+from ..errors import ConfigError
+from ..train import ModelTraining, drop_modalities, optimizer_and_schedule
 from .model import MultiTaskModel
 from .weighting import Weighting
 
@@ -35,6 +36,19 @@ class MultiTaskTraining(ModelTraining):
     def trained_parameters(self) -> list[nn.Parameter]:
         return self.model.trainable_parameters() + list(self.weighting.parameters())
 
+    def configure_optimizers(self) -> Any:
+        # The weighting's own parameters (uncertainty's s_t, GradNorm's w_t) without weight decay:
+        # it would pull them off their optimum.
+        groups = [{"params": self.model.trainable_parameters()},
+                  {"params": list(self.weighting.parameters()), "weight_decay": 0.0}]
+        return optimizer_and_schedule([g for g in groups if g["params"]], self.config.train,
+                                      self.config.train.epochs * self.steps_per_epoch)
+
+    def on_fit_start(self) -> None:
+        if not self.automatic_optimization and self.trainer.world_size > 1:
+            raise ConfigError("multitask.weighting: pcgrad steps by hand and does not synchronise gradients over "
+                              "DDP processes: train it on one device, or choose another weighting")
+
     def task_losses(self, outputs: dict[str, Tensor], target: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
         """Each task's mean loss over the rows that have its label (a task without any: left out)."""
         losses = {}
@@ -44,34 +58,44 @@ class MultiTaskTraining(ModelTraining):
                 losses[name] = self.model.heads[name].loss(output[known], values[known])
         return losses
 
+    def connected_zero(self, outputs: dict[str, Tensor]) -> Tensor:
+        """0, but reaching every head and weighting parameter: a batch with no label for some task
+        still gives each parameter a (zero) gradient, as DDP needs of every process."""
+        zero = sum(output.sum() for output in outputs.values()) * 0.0
+        return zero + sum((p.sum() * 0.0 for p in self.weighting.parameters()), torch.zeros(()))
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         if self.config.train.modality_dropout:
             batch = drop_modalities(batch, self.config.train.modality_dropout)
-        representations = self.model.representations(batch)
-        losses = self.task_losses(self.model.outputs(representations), batch.target)
+        representations, fused = self.model.representations(batch)
+        outputs = self.model.outputs(representations)
+        losses = self.task_losses(outputs, batch.target)
         for name, value in losses.items():
             self.log(f"train_loss_{name}", value, batch_size=batch.size)
         penalty = self.model.soft_distance()
-        extra = 0.0 if penalty is None else self.config.multitask.soft_penalty * penalty
+        extra = self.connected_zero(outputs) + (0.0 if penalty is None else self.config.multitask.soft_penalty * penalty)
         if not self.automatic_optimization:
             return self.gradient_surgery_step(losses, extra, batch, batch_idx)
-        loss = self.weighting.combine(losses, representations) + extra
+        loss = self.weighting.combine(losses, fused) + extra
         self.log("train_loss", loss, prog_bar=True, batch_size=batch.size)
         return self.share_of_global_mean(loss, batch.size)
 
-    def gradient_surgery_step(self, losses: dict[str, Tensor], extra: Any, batch: Batch, batch_idx: int) -> None:
+    def gradient_surgery_step(self, losses: dict[str, Tensor], extra: Tensor, batch: Batch, batch_idx: int) -> None:
         """PCGrad: projected task gradients on the shared parameters, plain ones elsewhere."""
         optimizer = self.optimizers()
         optimizer.zero_grad()
-        shared = self.model.shared_parameters()
-        projected = self.weighting.shared_gradient(losses, shared, seed=hash((self.current_epoch, batch_idx)))
+        shared = [p for p in self.model.shared_parameters() if p.requires_grad]
         total = self.weighting.combine(losses) + extra
-        taken = {id(p) for p in shared}
-        others = [p for p in self.trained_parameters() if id(p) not in taken]
-        if others and torch.is_tensor(total) and total.requires_grad:
-            torch.autograd.backward(total, inputs=others)
-        for parameter, gradient in zip(shared, projected):
-            parameter.grad = gradient
+        if shared and len(losses) > 1:
+            projected = self.weighting.shared_gradient(losses, shared, seed=hash((self.current_epoch, batch_idx)))
+            taken = {id(p) for p in shared}
+            others = [p for p in self.trained_parameters() if id(p) not in taken]
+            if others:
+                torch.autograd.backward(total, inputs=others)
+            for parameter, gradient in zip(shared, projected):
+                parameter.grad = gradient
+        else:  # nothing shared (soft sharing over frozen encoders) or one task: nothing to project
+            total.backward()
         if self.config.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.trained_parameters(), self.config.train.grad_clip)
         optimizer.step()

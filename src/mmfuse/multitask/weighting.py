@@ -28,10 +28,13 @@ class Weighting(nn.Module):
     def __init__(self, weights: dict[str, float]):
         super().__init__()
         self.names = list(weights)
-        self.register_buffer("fixed", torch.tensor([weights[n] for n in self.names]))
+        # Not saved in checkpoints: a resumed run uses the config's weights.
+        self.register_buffer("fixed", torch.tensor([weights[n] for n in self.names]), persistent=False)
 
-    def combine(self, losses: dict[str, Tensor], representations: dict[str, Tensor] | None = None) -> Tensor:
-        return sum(self.fixed[i] * losses[n] for i, n in enumerate(self.names) if n in losses)
+    def combine(self, losses: dict[str, Tensor], shared: Tensor | None = None) -> Tensor:
+        """The training loss from the tasks' losses; `shared`: the fused vector every task's
+        gradient passes through (GradNorm measures there)."""
+        return sum((self.fixed[i] * losses[n] for i, n in enumerate(self.names) if n in losses), torch.zeros(()))
 
     def current(self) -> dict[str, float]:
         """Each task's weight now (logged per epoch)."""
@@ -46,10 +49,11 @@ class UncertaintyWeighting(Weighting):
         super().__init__(weights)
         self.log_variance = nn.Parameter(torch.zeros(len(self.names)))
 
-    def combine(self, losses, representations=None):
-        total = 0.0
+    def combine(self, losses, shared=None):
+        total = torch.zeros(())
         for i, name in enumerate(self.names):
-            if name in losses:
+            # A task of weight 0 does not train: its s_t alone would only fall without bound.
+            if name in losses and self.fixed[i] > 0:
                 s = self.log_variance[i]
                 total = total + torch.exp(-s) * self.fixed[i] * losses[name] + s
         return total
@@ -66,16 +70,16 @@ class GradNormWeighting(Weighting):
         self.weight = nn.Parameter(start.clone())
         self.register_buffer("initial", torch.full((len(self.names),), float("nan")))
 
-    def combine(self, losses, representations=None):
+    def combine(self, losses, shared=None):
         present = [i for i, n in enumerate(self.names) if n in losses]
-        model_loss = sum(self.weight[i].detach() * losses[self.names[i]] for i in present)
-        if representations is None or len(present) < 2 or not torch.is_grad_enabled():
+        model_loss = sum((self.weight[i].detach() * losses[self.names[i]] for i in present), torch.zeros(()))
+        if shared is None or len(present) < 2 or not torch.is_grad_enabled():
             return model_loss
-        # The gradient norm of each task's loss at what its head reads; linear in the weight, so
-        # norm_t = w_t * |dL_t/dz_t| and the weight loss needs no second-order graph.
-        norms = torch.stack([
-            torch.autograd.grad(losses[self.names[i]], representations[self.names[i]], retain_graph=True)[0].norm()
-            for i in present])
+        # The gradient norm of each task's loss at the last shared layer (the fused vector, as
+        # LibMTL's representation variant); linear in the weight, so norm_t = w_t * |dL_t/dz| and
+        # the weight loss needs no second-order graph.
+        norms = torch.stack([torch.autograd.grad(losses[self.names[i]], shared, retain_graph=True)[0].norm()
+                             for i in present])
         current = torch.stack([losses[self.names[i]].detach() for i in present])
         index = torch.tensor(present, device=current.device)
         first = self.initial[index]

@@ -30,3 +30,16 @@ class MultiTask(Task):
                 TASKS.get(spec.type)
             except ConfigError as error:
                 raise ConfigError(f"multitask.tasks {spec.name!r}: {error}") from None
+        section = config.multitask
+        if section.weighting == "pcgrad" and config.train.precision.startswith("16"):
+            raise ConfigError("multitask.weighting: pcgrad steps by hand without fp16 loss scaling: "
+                              "use train.precision bf16-mixed or 32-true")
+        if section.weighting == "gradnorm" and section.sharing == "soft":
+            raise ConfigError("multitask.weighting: gradnorm balances gradients at a shared layer, and soft "
+                              "sharing has none (a fusion per task): choose hard or hierarchical sharing")
+        if config.train.alignment:
+            raise ConfigError("train.alignment: not read with task: multitask (its auxiliary loss is built "
+                              "for one head); leave it out")
+        from ..multitask.model import objective
+
+        objective(config)  # monitor: mean needs every task's metric to be a higher-is-better one
