@@ -269,8 +269,19 @@ def test_a_saved_model_predicts_every_task_from_the_cli(tmp_path):
     assert out["kind"].tolist() == table["kind"].head(9).tolist()
     single = CliRunner().invoke(app, ["predict", str(tmp_path / "run" / "model"), "--text", "what color?"])
     assert "multi-task model: predict a table with --data" in str(single.exception)
-    served = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run" / "model")])
+    served = CliRunner().invoke(app, ["export", str(tmp_path / "run" / "model")])
     assert "is a multi-task model" in str(served.exception)
+    # evaluate: a split of the configured source, or a labelled table of one's own, whole.
+    evaluated = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run" / "model")])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "test kind: accuracy" in evaluated.output and "test colour: accuracy" in evaluated.output
+    report = (tmp_path / "run" / "model" / "report" / "report.md").read_text()
+    assert report.count("\n## ") == 3
+    table.head(12).assign(colour="").to_csv(tmp_path / "labelled.csv", index=False)
+    own = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run" / "model"), "--data", str(tmp_path / "labelled.csv")])
+    assert own.exit_code == 0, own.output
+    assert "the table kind: accuracy" in own.output and "(12 rows)" in own.output
+    assert "the table colour: no labelled row" in own.output
 
 
 def test_a_task_labelled_on_few_rows_trains_and_a_split_without_its_labels_is_said(tmp_path):
@@ -286,7 +297,7 @@ def test_a_task_labelled_on_few_rows_trains_and_a_split_without_its_labels_is_sa
         lines = []
         result = train_multitask(cfg, echo=lines.append)
         assert "colour" not in result["tasks"] and set(result["tasks"]) == {"answer", "kind"}
-        assert any("test colour: no labelled test rows" in line for line in lines)
+        assert any("test colour: no labelled row (column 'colour' is empty there)" in line for line in lines)
 
 
 def test_list_cells_of_any_task_keep_their_rows(tmp_path):

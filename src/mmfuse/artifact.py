@@ -149,8 +149,8 @@ def load_artifact(cls, directory: str | Path):
                             "(predict, evaluate, explain and serve take classification, multi-label and "
                             "regression models)")
     if kind == "multitask":
-        raise ArtifactError(f"{path} is a multi-task model: predict with `mmfuse predict {path} --data TABLE` "
-                            "(evaluate, explain, export and serve take single-task models)")
+        raise ArtifactError(f"{path} is a multi-task model: predict with `mmfuse predict {path} --data TABLE`, "
+                            "evaluate with `mmfuse evaluate {path}` (explain, export and serve take single-task models)")
     missing = [name for name in FILES if not (path / name).is_file()]
     if missing:
         raise ArtifactError(f"{path} is missing {', '.join(missing)}; was it written by Predictor.save?")

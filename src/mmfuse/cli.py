@@ -178,9 +178,17 @@ def evaluate(
     columns: list[str] = typer.Option([], "--column", help=COLUMN_HELP + " With --data."),
 ) -> None:
     """Metrics table, per-class table, confusion matrix and modality contribution -> report.md."""
+    from .artifact import model_kind
     from .predictor import Predictor
     from .robustness import robustness_section
 
+    if model_kind(model) == "multitask":  # every task's metrics on the rows labelled for it
+        from .multitask.run import evaluate_saved
+
+        if columns or robustness:
+            raise MmfuseError(f"{model} is a multi-task model: --column and --robustness are for single-task models")
+        evaluate_saved(model, data=data, split=split, echo=typer.echo)
+        return
     predictor = Predictor.load(model)
     if data is not None:
         frame = predictor.read(data, columns=parse_columns(columns))  # read once: evaluate and robustness

@@ -32,13 +32,17 @@ log = logging.getLogger(__name__)
 NO_LABEL = "__mmfuse_no_label_column__"
 
 
-def read_splits(config: Config) -> dict[str, pd.DataFrame]:
-    """The source's good rows (the inputs' checks: missing or unreadable files) split into
-    train / val / test; labels are read per task afterwards."""
-    data = config.data.model_copy(update={"columns": ColumnsConfig(**(config.data.columns.model_dump() | {"label": NO_LABEL})),
-                                          "labels": None})
-    manifest = load_manifest(config.data.source, data, task="classification", modalities=config.modalities(),
-                             require_label=False)
+def read_splits(config: Config, source: Any = None) -> dict[str, pd.DataFrame]:
+    """The good rows (the inputs' checks: missing or unreadable files) of the configured source,
+    split into train / val / test; or of `source`, whole (all in "test"). Labels are read per task
+    afterwards."""
+    whole = source is not None
+    bound = config.data.columns.model_dump() | {"label": NO_LABEL} | ({"split": None} if whole else {})
+    data = config.data.model_copy(update={"columns": ColumnsConfig(**bound), "labels": None})
+    manifest = load_manifest(source if whole else config.data.source, data, task="classification",
+                             modalities=config.modalities(), require_label=False, rebind=whole)
+    if whole:
+        return {"test": manifest.frame.reset_index(drop=True)}
     if manifest.bad_rows:
         log.warning("%s", manifest.summary())
         for bad in manifest.bad_rows[:20]:
@@ -78,13 +82,44 @@ def evaluate_tasks(model: MultiTaskModel, dataset: TableDataset, config: Config,
     return result
 
 
+def evaluate_saved(directory: str | Path, *, data: Any = None, split: str = "test",
+                   echo: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """A saved multi-task model on a split of its configured source, or on the table `data`
+    (whole): every task's metrics over its labelled rows; MODEL/report/report.md."""
+    from ..atomic import write_atomic
+    from .artifact import load_multitask
+
+    model, config, labels = load_multitask(directory)
+    frame = read_splits(config, data).get("test" if data is not None else split)
+    if frame is None or len(frame) == 0:
+        raise MmfuseError(f"split {split!r} has no rows; evaluate a table with --data TABLE")
+    task_labels = read_task_labels(config.data.source if data is None else data, frame, config.multitask.tasks,
+                                   config.data)
+    results = evaluate_tasks(model, task_dataset(frame, model, config, labels, task_labels), config, labels)
+    name = "the table" if data is not None else split
+    write_atomic(Path(directory) / "report" / "report.md", report_markdown(results, config, f"{directory} on {name}", {}))
+    report_lines(results, config, name, echo)
+    return results
+
+
+def report_lines(results: dict[str, dict[str, Any]], config: Config, split: str, echo: Callable[[str], None]) -> None:
+    """One line per task: its headline metric, or that the split has no labelled row for it."""
+    for t in config.multitask.tasks:
+        result = results.get(t.name)
+        if result is None:
+            echo(f"{split} {t.name}: no labelled row (column {t.column!r} is empty there)")
+            continue
+        echo(f"{split} {t.name}: {result['headline']} {format_metric(result['metrics'][result['headline']])} "
+             f"({result['rows']} rows)")
+
+
 def report_markdown(results: dict[str, dict[str, Any]], config: Config, split: str, fit: dict[str, Any]) -> str:
     from ..evaluate import per_label_table
 
     spec = config.multitask
-    lines = [f"# Multi-task report ({split} split)", "",
-             f"sharing **{spec.sharing}**, weighting **{spec.weighting}**, fusion {config.fusion.name}, "
-             f"{fit.get('epochs')} epochs in {fit.get('train_seconds', 0):.1f} s", ""]
+    trained = f", {fit['epochs']} epochs in {fit['train_seconds']:.1f} s" if fit else ""
+    lines = [f"# Multi-task report ({split})", "",
+             f"sharing **{spec.sharing}**, weighting **{spec.weighting}**, fusion {config.fusion.name}{trained}", ""]
     for name, result in results.items():
         lines += [f"## {name} ({result['type']}, {result['rows']} rows)", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {format_metric(v)} |" for k, v in result["metrics"].items()]
@@ -136,15 +171,9 @@ def train_multitask(config: Config, *, resume: str | Path | None = None,
     split = "test" if "test" in sets else "val"
     results = evaluate_tasks(model, sets[split], config, labels) if split in sets else {}
     out = Path(config.output_dir)
-    write_atomic(out / "report.md", report_markdown(results, config, split, fit))
+    write_atomic(out / "report.md", report_markdown(results, config, f"{split} split", fit))
     save_multitask(model, config, labels, out / "model", {"fit": fit, "split": split, "tasks": results})
     echo(f"trained {fit['epochs']} epochs in {fit['train_seconds']:.1f} s ({spec.sharing} sharing, {spec.weighting} weighting)")
-    for t in spec.tasks:
-        result = results.get(t.name)
-        if result is None:
-            echo(f"{split} {t.name}: no labelled {split} rows (column {t.column!r} empty there)")
-            continue
-        echo(f"{split} {t.name}: {result['headline']} {format_metric(result['metrics'][result['headline']])} "
-             f"({result['rows']} rows)")
+    report_lines(results, config, split, echo)
     echo(f"report: {out / 'report.md'}; model: {out / 'model'}")
     return {"fit": fit, "split": split, "tasks": results}
