@@ -37,6 +37,19 @@ def model_kind(directory: str | Path) -> str:
     return next((kind for kind, marker in KIND_MARKERS.items() if (path / marker).is_file()), "fusion")
 
 
+def read_kind_files(path: Path, files: tuple[str, ...], marker: str, version: int, hint: str = "") -> tuple[Any, dict]:
+    """(config, the kind's marker JSON) of a caption or multi-task model directory: one
+    ArtifactError naming the directory for missing files, or the marker for another format."""
+    missing = [name for name in files if not (path / name).is_file()]
+    if missing:
+        raise ArtifactError(f"{path} is missing {', '.join(missing)}{hint}")
+    config = read_config(path / "config.yaml")
+    info = read_part(path / marker, read_json)
+    if info.get("format") != version:
+        raise ArtifactError(f"{path}/{marker}: format {info.get('format')!r}, this mmfuse reads {version}")
+    return config, info
+
+
 def rebuilt_prefixes(model) -> tuple[str, ...]:
     """State-dict prefixes of the encoders that loading rebuilds from their source."""
     return tuple(f"encoders.{m}." for m, e in model.encoders.items() if e.rebuilt_on_load)

@@ -255,14 +255,19 @@ def predict(
                 typer.echo(f"  {first[f'top{k}']:<20} {first[f'top{k}_score']:.4f}")
         return
     result = predictor.predict(data, top_k=top_k, columns=parse_columns(columns))
+    _write_predictions(result, out, predictor.bad_rows)
+
+
+def _write_predictions(result, out: Optional[Path], bad_rows: list) -> None:
+    """Predictions as CSV to `out` (or printed), and the skipped bad rows on stderr."""
     if out is None:
         typer.echo(result.to_csv(index=False))
     else:
         result.to_csv(out, index=False)
         typer.echo(f"{len(result)} predictions written to {out}")
-    if predictor.bad_rows:
-        typer.echo(f"{len(predictor.bad_rows)} bad rows skipped:", err=True)
-        for bad in predictor.bad_rows:
+    if bad_rows:
+        typer.echo(f"{len(bad_rows)} bad rows skipped:", err=True)
+        for bad in bad_rows:
             typer.echo(f"  {bad}", err=True)
 
 
@@ -275,15 +280,7 @@ def _predict_multitask(model: Path, data: Optional[Path], out: Optional[Path], c
                           "named as in training; single-row options and --column are for single-task models)")
     predictor = MultiTaskPredictor(model)
     result = predictor.predict(data)
-    if out is None:
-        typer.echo(result.to_csv(index=False))
-    else:
-        result.to_csv(out, index=False)
-        typer.echo(f"{len(result)} predictions written to {out}")
-    if predictor.bad_rows:
-        typer.echo(f"{len(predictor.bad_rows)} bad rows skipped:", err=True)
-        for bad in predictor.bad_rows:
-            typer.echo(f"  {bad}", err=True)
+    _write_predictions(result, out, predictor.bad_rows)
 
 
 @contextlib.contextmanager

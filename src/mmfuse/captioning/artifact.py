@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save
 
-from ..artifact import model_kind, read_config, read_json, read_part
+from ..artifact import model_kind, read_kind_files, read_part
 from ..atomic import write_atomic
 from ..config import Config, dump_config
 from ..errors import ArtifactError
@@ -39,13 +39,7 @@ def load_captioner(directory: str | Path) -> tuple[Captioner, Config]:
     path = Path(directory)
     if not is_caption_model(path):
         raise ArtifactError(f"{path} is not a caption model directory (no caption.json)")
-    missing = [name for name in FILES if not (path / name).is_file()]
-    if missing:
-        raise ArtifactError(f"{path} is missing {', '.join(missing)}")
-    config = read_config(path / "config.yaml")
-    info = read_part(path / "caption.json", read_json)
-    if info.get("format") != FORMAT:
-        raise ArtifactError(f"{path}/caption.json: format {info.get('format')!r}, this mmfuse reads {FORMAT}")
+    config, info = read_kind_files(path, FILES, "caption.json", FORMAT)
     model = Captioner.build(config, CaptionTokenizer(info["tokenizer"], info["pieces"]))
     state = read_part(path / "model.safetensors", load_file)
     try:

@@ -9,11 +9,10 @@ from typing import Any
 
 from safetensors.torch import save
 
-from ..artifact import (encoder_records, load_weights, model_kind, read_config, read_json, read_part,
+from ..artifact import (encoder_records, load_weights, model_kind, read_json, read_kind_files, read_part,
                         rebuild_encoders, trainable_state)
 from ..atomic import write_atomic
 from ..config import Config, dump_config
-from ..errors import ArtifactError
 from ..metric_format import json_safe
 from .model import MultiTaskModel, build_multitask_model
 
@@ -41,13 +40,8 @@ def save_multitask(model: MultiTaskModel, config: Config, labels: dict[str, list
 def load_multitask(directory: str | Path) -> tuple[MultiTaskModel, Config, dict[str, list[str]]]:
     """(model in eval mode, its config, each task's labels); one ArtifactError naming the file when wrong."""
     path = Path(directory)
-    missing = [name for name in FILES if not (path / name).is_file()]
-    if missing:
-        raise ArtifactError(f"{path} is missing {', '.join(missing)}; was it written by a multi-task training run?")
-    config = read_config(path / "config.yaml")
-    info = read_part(path / "tasks.json", read_json)
-    if info.get("format") != FORMAT:
-        raise ArtifactError(f"{path}/tasks.json: format {info.get('format')!r}, this mmfuse reads {FORMAT}")
+    config, info = read_kind_files(path, FILES, "tasks.json", FORMAT,
+                                   "; was it written by a multi-task training run?")
     labels = {name: list(task["labels"]) for name, task in info["tasks"].items()}
     recorded = read_part(path / "encoders.json", read_json)
     model = build_multitask_model(config, labels, rebuild_encoders(path, config, recorded))
