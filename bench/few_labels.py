@@ -15,7 +15,8 @@ advance (data.labels), as in USB. Scored on the official test split; gap closed 
 
     python bench/few_labels.py [--quick] [--datasets easy_vqa,shape_scenes] [--fractions 0.01,0.05,0.1]
                                [--seeds 3] [--epochs 8] [--adaptive freematch] [--trainable]
-                               [--modality-dropout 0.2] [--feature-dropout 0] [--out runs/few_labels]
+                               [--modality-dropout 0.2] [--feature-dropout 0] [--image-augment]
+                               [--out runs/few_labels]
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ CONFIGS = {"easy_vqa": ROOT / "configs/easy_vqa.yaml", "shape_scenes": ROOT / "c
 
 
 TRAINABLE = False  # --trainable: the data set's own config (the small CNN trained on pixels)
+IMAGE_AUGMENT = False  # --image-augment: weak pixel augmentation of every training batch (all three ways)
 
 
 def base_config(name: str, epochs: int, labels: list[str], out: str, **overrides) -> dict:
@@ -58,6 +60,7 @@ def base_config(name: str, epochs: int, labels: list[str], out: str, **overrides
     if not TRAINABLE:
         set_path(raw, "encoders.image.options", {})  # the small CNN's options do not fit EfficientNet
     set_path(raw, "train.epochs", epochs)
+    set_path(raw, "train.image_augment", IMAGE_AUGMENT)
     set_path(raw, "train.keep", "last")  # no validation split: a few labels would not spare one
     set_path(raw, "train.progress_bar", False)
     set_path(raw, "data.labels", labels)
@@ -181,10 +184,13 @@ def main() -> None:
     parser.add_argument("--feature-dropout", type=float, default=0.0)
     parser.add_argument("--trainable", action="store_true",
                         help="the data set's own config (small CNN trained on pixels: pixel jitter is a strong view)")
+    parser.add_argument("--image-augment", action="store_true",
+                        help="weak pixel augmentation (a small shift) of every training batch, as FixMatch's labelled "
+                             "batches and weak views; applied alike to supervised-only and fully supervised runs")
     parser.add_argument("--out", default=str(ROOT / "runs/few_labels"))
     args = parser.parse_args()
-    global TRAINABLE
-    TRAINABLE = args.trainable
+    global TRAINABLE, IMAGE_AUGMENT
+    TRAINABLE, IMAGE_AUGMENT = args.trainable, args.image_augment
     logging.basicConfig(level=logging.ERROR)
     fractions = [0.05] if args.quick else [float(f) for f in args.fractions.split(",")]
     seeds = list(range(1 if args.quick else args.seeds))

@@ -122,6 +122,10 @@ class TrainConfig(Section):
     # Modality dropout: per modality, the chance a training row loses it (masked as absent), so
     # the model learns to answer from what is left. A row never loses all its modalities.
     modality_dropout: dict[str, float] = {}
+    # Weak augmentation of a trainable image encoder's pixels in training batches: a random shift
+    # of up to 5% of the side, the uncovered corners in the image's border colour (no flips: they
+    # would swap left and right). mmfuse.image_augment.
+    image_augment: bool = False
     # Alignment as an auxiliary loss: objective name -> weight (e.g. {contrastive: 0.1}), added to
     # the task loss over two projections of the pooled image and text features.
     alignment: dict[str, float] = {}

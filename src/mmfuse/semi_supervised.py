@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .config import Config, SemiSupervisedConfig
 from .data.batching import Batch, GroupBatchSampler, TableDataset, identity
 from .errors import DataError, MmfuseError
+from .image_augment import augment_batch
 
 log = logging.getLogger(__name__)
 
@@ -229,16 +230,6 @@ def pseudo_label_loss(strong_logits: Tensor, pseudo_labels: Tensor, mask: Tensor
 
 # ----- the strong view -------------------------------------------------------------------------
 
-def augment_pixels(pixels: Tensor) -> Tensor:
-    """(N, 3, H, W) uint8 -> each image with its own random affine and brightness/contrast jitter.
-    No flips, no colour changes: questions ask about left/right and colours."""
-    from torchvision.transforms import v2
-
-    jitter = v2.Compose([v2.RandomAffine(degrees=15, translate=(0.1, 0.1), shear=10),
-                         v2.ColorJitter(brightness=0.3, contrast=0.3)])
-    return torch.stack([jitter(image) for image in pixels])
-
-
 def strong_view(batch: Batch, semi: SemiSupervisedConfig) -> Batch:
     """Modality dropout (on cached features too), feature dropout on cached features and, where a
     batch carries pixels for a trainable image encoder, augmented pixels."""
@@ -252,9 +243,7 @@ def strong_view(batch: Batch, semi: SemiSupervisedConfig) -> Batch:
                  if p.features is not None else p for m, p in batch.modalities.items()}
         batch = replace(batch, modalities=parts)
     if semi.image_augment:
-        parts = {m: replace(p, prepared={**p.prepared, "pixels": augment_pixels(p.prepared["pixels"])})
-                 if p.prepared is not None and "pixels" in p.prepared else p for m, p in batch.modalities.items()}
-        batch = replace(batch, modalities=parts)
+        batch = augment_batch(batch, "strong")
     return batch
 
 
@@ -268,9 +257,10 @@ class PseudoLabelling(nn.Module):
     TALLY = ("seen", "masked", "known", "right", "known_masked", "right_masked")
 
     def __init__(self, semi: SemiSupervisedConfig, *, num_classes: int, rows: int, steps_per_epoch: int,
-                 truth: Tensor | None = None):
+                 truth: Tensor | None = None, weak_augment: bool = False):
         super().__init__()
         self.semi = semi
+        self.weak_augment = weak_augment  # train.image_augment: the weak view is weakly augmented too
         self.threshold = create_threshold(semi, num_classes, rows, steps_per_epoch)
         self.register_buffer("truth", truth if truth is not None else torch.full((rows,), UNKNOWN), persistent=False)
         self.tally = torch.zeros(len(self.TALLY), dtype=torch.float64)
@@ -283,7 +273,8 @@ class PseudoLabelling(nn.Module):
         """lambda_u x the masked pseudo-label loss of `batch` (unlabelled rows); None in warm-up.
         The weak view is scored (and thresholds updated) in warm-up too, so its figures show."""
         with torch.no_grad():
-            probs = model.head.scores(model(batch)).float()
+            weak = augment_batch(batch, "weak") if self.weak_augment else batch
+            probs = model.head.scores(model(weak)).float()
         mask = self.threshold.mask(probs, batch.rows)
         pseudo = probs.argmax(-1)
         self.count(pseudo, mask, self.truth[batch.rows])

@@ -29,6 +29,7 @@ from .config import Config, TrainConfig
 from .data.batching import Batch, TableDataset, make_loader
 from .distributed_norm import to_global, to_plain
 from .errors import ArtifactError, MmfuseError, brief
+from .image_augment import augment_batch
 from .model import MultimodalModel
 from .semi_supervised import PairedBatch, PseudoLabelling, describe, make_paired_loader
 
@@ -91,6 +92,15 @@ class ModelTraining(L.LightningModule):
         # Under DDP each process draws its own masks (the same seed would repeat one mask on every share).
         torch.manual_seed(hash(step if self.trainer.world_size == 1 else (*step, self.global_rank)) % 2**62)
 
+    def training_view(self, batch: Batch) -> Batch:
+        """A labelled training batch as the step sees it: modalities dropped (train.modality_dropout)
+        and pixels shifted (train.image_augment)."""
+        if self.config.train.modality_dropout:
+            batch = drop_modalities(batch, self.config.train.modality_dropout)
+        if self.config.train.image_augment:
+            batch = augment_batch(batch, "weak")
+        return batch
+
     def share_of_global_mean(self, loss: torch.Tensor, rows: int) -> torch.Tensor:
         """Under DDP, weigh this process's mean loss by its share of the batch's rows: DDP averages
         the processes' gradients with equal weights, and the shares differ (an image carries a
@@ -131,8 +141,7 @@ class FusionTask(ModelTraining):
         unlabelled = None
         if isinstance(batch, PairedBatch):
             batch, unlabelled = batch.labelled, batch.unlabelled
-        if self.config.train.modality_dropout:
-            batch = drop_modalities(batch, self.config.train.modality_dropout)
+        batch = self.training_view(batch)
         feats = self.model.encode(batch)
         loss = self.model.head.loss(self.model.head(self.model.fusion(feats)), batch.target)
         if self.model.alignment is not None:
@@ -412,7 +421,7 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
     trainer.log_every_n_steps = max(1, min(10, len(train_loader)))
     semi = None if unlabelled is None else PseudoLabelling(
         config.semi_supervised, num_classes=model.head.out_dim, rows=len(unlabelled),
-        steps_per_epoch=len(train_loader), truth=truth)
+        steps_per_epoch=len(train_loader), truth=truth, weak_augment=config.train.image_augment)
     task = (make_module(len(train_loader)) if make_module is not None
             else FusionTask(model, config, steps_per_epoch=len(train_loader), semi=semi))
     if resume:

@@ -14,7 +14,7 @@ from ..config import Config
 from ..data.batching import Batch
 from ..tasks import create_task
 from ..errors import ConfigError
-from ..train import ModelTraining, drop_modalities, optimizer_and_schedule
+from ..train import ModelTraining, optimizer_and_schedule
 from .model import MultiTaskModel
 from .weighting import Weighting
 
@@ -65,8 +65,7 @@ class MultiTaskTraining(ModelTraining):
         return zero + sum((p.sum() * 0.0 for p in self.weighting.parameters()), torch.zeros(()))
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
-        if self.config.train.modality_dropout:
-            batch = drop_modalities(batch, self.config.train.modality_dropout)
+        batch = self.training_view(batch)
         representations, fused = self.model.representations(batch)
         outputs = self.model.outputs(representations)
         losses = self.task_losses(outputs, batch.target)
