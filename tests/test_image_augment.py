@@ -55,6 +55,13 @@ def test_weak_shift_fills_uncovered_corners_with_the_border_colour():
     assert torch.equal(out, blank)  # no black corners: a shifted blank image is still blank
 
 
+def test_normalised_float_pixels_are_refused_by_name():
+    from mmfuse.errors import MmfuseError
+
+    with pytest.raises(MmfuseError, match="train.image_augment.*8-bit.*torch.float32"):
+        augment_pixels(torch.zeros(2, 3, 16, 16), "weak")
+
+
 def test_augment_batch_touches_pixels_only():
     from mmfuse.data.batching import Batch, ModalityBatch
     from mmfuse.features import Features
@@ -101,3 +108,16 @@ def test_train_image_augment_shifts_training_batches_only(tmp_path, monkeypatch,
     before = len(calls)
     predictor.evaluate(frame[frame["answer"].notna()])
     assert len(calls) == before  # evaluation sees the images as they are
+
+
+def test_train_image_augment_with_a_frozen_image_encoder_says_it_changes_nothing(tmp_path, caplog):
+    from conftest import make_shapes_table, tiny_config
+    from mmfuse.predictor import Predictor
+
+    frame = make_shapes_table(tmp_path / "images")
+    frame["image"] = str(tmp_path / "images") + "/" + frame["image"]
+    config = tiny_config(tmp_path, "unused.csv", **{"train.epochs": 1, "train.image_augment": True,
+                                                    "encoders.image.trainable": False})
+    with caplog.at_level("WARNING", logger="mmfuse.train"):
+        Predictor(config).fit(frame)
+    assert "train.image_augment: no trainable image encoder" in caplog.text

@@ -278,8 +278,8 @@ class SemiSupervisedConfig(Section):
     # Strong view in feature space: dropout at this rate on every modality's features (cached
     # features of frozen encoders included), each row its own mask.
     feature_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    # Strong view of a trainable image encoder's pixels: random affine and brightness/contrast
-    # jitter (no flips or colour changes: they change answers about sides and colours).
+    # Strong view of a trainable image encoder's pixels: a RandAugment without the operations that
+    # change VQA answers (no flips, colour changes or cutout; mmfuse.image_augment).
     image_augment: bool = True
     # A column of the training table with the true label of unlabelled rows, never trained on:
     # only to report the pseudo-labels' accuracy (benchmarks).

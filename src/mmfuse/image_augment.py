@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .data.batching import Batch
+from .errors import MmfuseError
 
 Strength = Literal["weak", "strong"]
 
@@ -34,6 +35,10 @@ def augment_pixels(pixels: Tensor, strength: Strength) -> Tensor:
     """Each image of (N, 3, H, W) uint8 with its own random transform of that strength."""
     from torchvision.transforms import v2
 
+    if pixels.dtype != torch.uint8:  # ColorJitter and the fill colour assume 0-255 values
+        raise MmfuseError(f"image augmentation (train.image_augment, semi_supervised.image_augment) works on 8-bit "
+                          f"pixels, as mmfuse's timm image encoders prepare them; this image encoder prepares "
+                          f"{pixels.dtype} (normalised) pixels: set both to false for it")
     out = []
     for image in pixels:
         fill = border_colour(image)

@@ -381,6 +381,10 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
     (label positions, -1 unknown), read only for the pseudo-label accuracy."""
     output_dir = Path(output_dir)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
+    image = model.encoders["image"] if "image" in model.encoders else None
+    if config.train.image_augment and (image is None or not image.trainable):
+        log.warning("train.image_augment: no trainable image encoder (a frozen one's features are cached, "
+                    "with no pixels to shift): it changes nothing")
     has_val = val is not None and len(val) > 0
     monitor, mode = model.objective()
     # Two checkpoints: the best by the validation metric, and the latest epoch (for --resume).
