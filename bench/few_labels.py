@@ -47,6 +47,7 @@ CONFIGS = {"easy_vqa": ROOT / "configs/easy_vqa.yaml", "shape_scenes": ROOT / "c
 
 TRAINABLE = False  # --trainable: the data set's own config (the small CNN trained on pixels)
 IMAGE_AUGMENT = False  # --image-augment: weak pixel augmentation of every training batch (all three ways)
+REUSE: dict = {}  # --reuse: an earlier run's results; its fully supervised and supervised-only runs are kept
 
 
 def base_config(name: str, epochs: int, labels: list[str], out: str, **overrides) -> dict:
@@ -86,6 +87,11 @@ def run(raw: dict, train: pd.DataFrame, test: pd.DataFrame) -> dict:
             "semi": predictor.fit_summary.get("semi_supervised")}
 
 
+def reused(runs: list[dict], seed: int) -> dict | None:
+    """Seed `seed`'s run from an earlier results file (--reuse; seeds run in order from 0), marked."""
+    return {**runs[seed], "reused": True} if seed < len(runs) else None
+
+
 def steps(rows: int, batch: int) -> int:
     return math.ceil(rows / batch)
 
@@ -101,9 +107,10 @@ def bench_dataset(name: str, fractions: list[float], seeds: list[int], epochs: i
     batch = raw["train"]["batch_size"] if TRAINABLE else 256
     units = (lambda frame: frame["image"].nunique()) if by_image else len  # noqa: E731
     result = {"full": [], "fractions": {}}
+    earlier = REUSE.get(name, {"full": [], "fractions": {}})
     for seed in seeds:
         raw = base_config(name, epochs, labels, str(out / f"{name}-full-{seed}"), **{"train.seed": seed})
-        result["full"].append(run(raw, train, test))
+        result["full"].append(reused(earlier["full"], seed) or run(raw, train, test))
         print(f"{name} full seed {seed}: {result['full'][-1]['accuracy']:.4f}", flush=True)
     for fraction in fractions:
         cell = result["fractions"][fraction] = {"sup": [], "semi": []}
@@ -116,7 +123,8 @@ def bench_dataset(name: str, fractions: list[float], seeds: list[int], epochs: i
             sup_epochs = math.ceil(semi_steps / steps(units(labelled), batch))
             raw = base_config(name, sup_epochs, labels, str(out / f"{name}-sup-{fraction}-{seed}"),
                               **{"train.seed": seed})
-            cell["sup"].append(run(raw, labelled.drop(columns="label_hidden"), test))
+            earlier_sup = earlier["fractions"].get(str(fraction), {}).get("sup", [])
+            cell["sup"].append(reused(earlier_sup, seed) or run(raw, labelled.drop(columns="label_hidden"), test))
             raw = base_config(name, epochs, labels, str(out / f"{name}-semi-{fraction}-{seed}"),
                               **{"train.seed": seed, "semi_supervised": {**semi, "truth_column": "label_hidden"}})
             cell["semi"].append(run(raw, frame, test))
@@ -187,10 +195,19 @@ def main() -> None:
     parser.add_argument("--image-augment", action="store_true",
                         help="weak pixel augmentation (a small shift) of every training batch, as FixMatch's labelled "
                              "batches and weak views; applied alike to supervised-only and fully supervised runs")
+    parser.add_argument("--reuse", help="an earlier run's results.json with the same settings but semi_supervised's: "
+                                           "its fully supervised and supervised-only runs are taken, not run again")
     parser.add_argument("--out", default=str(ROOT / "runs/few_labels"))
     args = parser.parse_args()
     global TRAINABLE, IMAGE_AUGMENT
     TRAINABLE, IMAGE_AUGMENT = args.trainable, args.image_augment
+    if args.reuse:
+        earlier = json.loads(Path(args.reuse).read_text())
+        same = ("trainable", "image_augment", "epochs", "ratio")
+        differ = [k for k in same if earlier["settings"].get(k) != vars(args)[k]]
+        if differ:
+            sys.exit(f"--reuse {args.reuse}: its runs differ in {', '.join(differ)}; only semi_supervised may differ")
+        REUSE.update(earlier["results"])
     logging.basicConfig(level=logging.ERROR)
     fractions = [0.05] if args.quick else [float(f) for f in args.fractions.split(",")]
     seeds = list(range(1 if args.quick else args.seeds))
