@@ -16,7 +16,7 @@ advance (data.labels), as in USB. Scored on the official test split; gap closed 
     python bench/few_labels.py [--quick] [--datasets easy_vqa,shape_scenes] [--fractions 0.01,0.05,0.1]
                                [--seeds 3] [--epochs 8] [--adaptive freematch] [--trainable]
                                [--modality-dropout 0.2] [--feature-dropout 0] [--image-augment]
-                               [--out runs/few_labels]
+                               [--reuse runs/few_labels/results.json] [--out runs/few_labels]
 """
 from __future__ import annotations
 
