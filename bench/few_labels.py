@@ -202,6 +202,8 @@ def main() -> None:
     global TRAINABLE, IMAGE_AUGMENT
     TRAINABLE, IMAGE_AUGMENT = args.trainable, args.image_augment
     if args.reuse:
+        if not Path(args.reuse).is_file():
+            sys.exit(f"--reuse {args.reuse}: no such file (a results.json that bench/few_labels.py wrote)")
         earlier = json.loads(Path(args.reuse).read_text())
         same = ("trainable", "image_augment", "epochs", "ratio")
         differ = [k for k in same if earlier["settings"].get(k) != vars(args)[k]]
