@@ -39,6 +39,9 @@ def augment_pixels(pixels: Tensor, strength: Strength) -> Tensor:
         raise MmfuseError(f"image augmentation (train.image_augment, semi_supervised.image_augment) works on 8-bit "
                           f"pixels, as mmfuse's timm image encoders prepare them; this image encoder prepares "
                           f"{pixels.dtype} (normalised) pixels: set both to false for it")
+    # Built once per batch; only the affine's fill colour depends on the image.
+    photometric = v2.Compose([v2.ColorJitter(brightness=0.4, contrast=0.4), v2.RandomAdjustSharpness(2.0, p=0.5),
+                              v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.0))], p=0.5)])
     out = []
     for image in pixels:
         fill = border_colour(image)
@@ -46,9 +49,7 @@ def augment_pixels(pixels: Tensor, strength: Strength) -> Tensor:
             image = v2.RandomAffine(degrees=0, translate=(0.05, 0.05), fill=fill)(image)
         else:
             image = v2.RandomAffine(degrees=10, translate=(0.05, 0.05), shear=8, scale=(0.85, 1.0), fill=fill)(image)
-            image = v2.ColorJitter(brightness=0.4, contrast=0.4)(image)
-            image = v2.RandomAdjustSharpness(2.0, p=0.5)(image)
-            image = v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.0))], p=0.5)(image)
+            image = photometric(image)
             if torch.rand(()) < 0.5:  # pixel noise
                 image = (image.float() + 8 * torch.randn(image.shape)).clamp(0, 255).to(torch.uint8)
         out.append(image)
