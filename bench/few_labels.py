@@ -16,7 +16,8 @@ advance (data.labels), as in USB. Scored on the official test split; gap closed 
     python bench/few_labels.py [--quick] [--datasets easy_vqa,shape_scenes] [--fractions 0.01,0.05,0.1]
                                [--seeds 3] [--epochs 8] [--adaptive freematch] [--trainable]
                                [--modality-dropout 0.2] [--feature-dropout 0] [--image-augment]
-                               [--reuse runs/few_labels/results.json] [--out runs/few_labels]
+                               [--reuse runs/few_labels/results.json ...] [--distribution-alignment]
+                               [--out runs/few_labels]
 """
 from __future__ import annotations
 
@@ -47,7 +48,9 @@ CONFIGS = {"easy_vqa": ROOT / "configs/easy_vqa.yaml", "shape_scenes": ROOT / "c
 
 TRAINABLE = False  # --trainable: the data set's own config (the small CNN trained on pixels)
 IMAGE_AUGMENT = False  # --image-augment: weak pixel augmentation of every training batch (all three ways)
-REUSE: dict = {}  # --reuse: an earlier run's results; its fully supervised and supervised-only runs are kept
+# --reuse: earlier results files, each {"results": ..., "same_semi": whether its semi_supervised settings are these}
+REUSE: list[dict] = []
+SEMI_DEFAULTS = {"distribution_alignment": False, "feature_dropout": 0.0}  # settings older files lack
 
 
 def base_config(name: str, epochs: int, labels: list[str], out: str, **overrides) -> dict:
@@ -87,9 +90,17 @@ def run(raw: dict, train: pd.DataFrame, test: pd.DataFrame) -> dict:
             "semi": predictor.fit_summary.get("semi_supervised")}
 
 
-def reused(runs: list[dict], seed: int) -> dict | None:
-    """Seed `seed`'s run from an earlier results file (--reuse; seeds run in order from 0), marked."""
-    return {**runs[seed], "reused": True} if seed < len(runs) else None
+def reused(name: str, kind: str, fraction: float | None, seed: int) -> dict | None:
+    """Seed `seed`'s `kind` run (full, sup or semi) from the first --reuse file that has it (seeds
+    run in order from 0), marked; semi-supervised runs only from a file with the same settings."""
+    for earlier in REUSE:
+        data = earlier["results"].get(name)
+        if data is None or (kind == "semi" and not earlier["same_semi"]):
+            continue
+        runs = data["full"] if kind == "full" else data["fractions"].get(str(fraction), {}).get(kind, [])
+        if seed < len(runs):
+            return {**runs[seed], "reused": True}
+    return None
 
 
 def steps(rows: int, batch: int) -> int:
@@ -107,10 +118,9 @@ def bench_dataset(name: str, fractions: list[float], seeds: list[int], epochs: i
     batch = raw["train"]["batch_size"] if TRAINABLE else 256
     units = (lambda frame: frame["image"].nunique()) if by_image else len  # noqa: E731
     result = {"full": [], "fractions": {}}
-    earlier = REUSE.get(name, {"full": [], "fractions": {}})
     for seed in seeds:
         raw = base_config(name, epochs, labels, str(out / f"{name}-full-{seed}"), **{"train.seed": seed})
-        result["full"].append(reused(earlier["full"], seed) or run(raw, train, test))
+        result["full"].append(reused(name, "full", None, seed) or run(raw, train, test))
         print(f"{name} full seed {seed}: {result['full'][-1]['accuracy']:.4f}", flush=True)
     for fraction in fractions:
         cell = result["fractions"][fraction] = {"sup": [], "semi": []}
@@ -123,11 +133,11 @@ def bench_dataset(name: str, fractions: list[float], seeds: list[int], epochs: i
             sup_epochs = math.ceil(semi_steps / steps(units(labelled), batch))
             raw = base_config(name, sup_epochs, labels, str(out / f"{name}-sup-{fraction}-{seed}"),
                               **{"train.seed": seed})
-            earlier_sup = earlier["fractions"].get(str(fraction), {}).get("sup", [])
-            cell["sup"].append(reused(earlier_sup, seed) or run(raw, labelled.drop(columns="label_hidden"), test))
+            cell["sup"].append(reused(name, "sup", fraction, seed)
+                               or run(raw, labelled.drop(columns="label_hidden"), test))
             raw = base_config(name, epochs, labels, str(out / f"{name}-semi-{fraction}-{seed}"),
                               **{"train.seed": seed, "semi_supervised": {**semi, "truth_column": "label_hidden"}})
-            cell["semi"].append(run(raw, frame, test))
+            cell["semi"].append(reused(name, "semi", fraction, seed) or run(raw, frame, test))
             cell.setdefault("images", labelled["image"].nunique())
             cell.setdefault("rows", len(labelled))
             print(f"{name} {fraction:.0%} seed {seed}: sup {cell['sup'][-1]['accuracy']:.4f} "
@@ -177,6 +187,18 @@ def pseudo_label_lines(results: dict) -> list[str]:
     return lines
 
 
+def read_reused(path: Path, args: argparse.Namespace, semi: dict) -> dict:
+    """An --reuse file's results, checked to come from runs these settings would repeat."""
+    if not path.is_file():
+        sys.exit(f"--reuse {path}: no such file (a results.json that bench/few_labels.py wrote)")
+    earlier = json.loads(path.read_text())
+    differ = [k for k in ("trainable", "image_augment", "epochs", "ratio") if earlier["settings"].get(k) != vars(args)[k]]
+    if differ:
+        sys.exit(f"--reuse {path}: its runs differ in {', '.join(differ)}; only semi_supervised may differ")
+    theirs = {**SEMI_DEFAULTS, **earlier["settings"]["semi"]}
+    return {"results": earlier["results"], "same_semi": all(theirs.get(k) == v for k, v in semi.items())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="5%% only, one seed")
@@ -190,33 +212,31 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--modality-dropout", type=float, default=0.2)
     parser.add_argument("--feature-dropout", type=float, default=0.0)
+    parser.add_argument("--distribution-alignment", action="store_true",
+                        help="ReMixMatch's distribution alignment of the weak view's probabilities")
     parser.add_argument("--trainable", action="store_true",
                         help="the data set's own config (small CNN trained on pixels: pixel jitter is a strong view)")
     parser.add_argument("--image-augment", action="store_true",
                         help="weak pixel augmentation (a small shift) of every training batch, as FixMatch's labelled "
                              "batches and weak views; applied alike to supervised-only and fully supervised runs")
-    parser.add_argument("--reuse", help="an earlier run's results.json with the same settings but semi_supervised's: "
-                                           "its fully supervised and supervised-only runs are taken, not run again")
+    parser.add_argument("--reuse", action="append", default=[],
+                        help="an earlier run's results.json with the same epochs and model settings (repeatable): its "
+                             "fully supervised and supervised-only runs are taken, not run again, and its "
+                             "semi-supervised ones too where its semi_supervised settings are the same")
     parser.add_argument("--out", default=str(ROOT / "runs/few_labels"))
     args = parser.parse_args()
     global TRAINABLE, IMAGE_AUGMENT
     TRAINABLE, IMAGE_AUGMENT = args.trainable, args.image_augment
-    if args.reuse:
-        if not Path(args.reuse).is_file():
-            sys.exit(f"--reuse {args.reuse}: no such file (a results.json that bench/few_labels.py wrote)")
-        earlier = json.loads(Path(args.reuse).read_text())
-        same = ("trainable", "image_augment", "epochs", "ratio")
-        differ = [k for k in same if earlier["settings"].get(k) != vars(args)[k]]
-        if differ:
-            sys.exit(f"--reuse {args.reuse}: its runs differ in {', '.join(differ)}; only semi_supervised may differ")
-        REUSE.update(earlier["results"])
     logging.basicConfig(level=logging.ERROR)
     fractions = [0.05] if args.quick else [float(f) for f in args.fractions.split(",")]
     seeds = list(range(1 if args.quick else args.seeds))
     semi = {"adaptive": args.adaptive, "ratio": args.ratio, "warmup_epochs": args.warmup,
-            "modality_dropout": args.modality_dropout, "feature_dropout": args.feature_dropout}
+            "modality_dropout": args.modality_dropout, "feature_dropout": args.feature_dropout,
+            "distribution_alignment": args.distribution_alignment}
     if args.adaptive != "freematch":
         semi["threshold"] = args.threshold
+    for path in args.reuse:
+        REUSE.append(read_reused(Path(path), args, semi))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

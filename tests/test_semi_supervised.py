@@ -13,7 +13,7 @@ from mmfuse.config import SemiSupervisedConfig, parse_config
 from mmfuse.data.batching import GroupBatchSampler
 from mmfuse.errors import ConfigError
 from mmfuse.predictor import Predictor
-from mmfuse.semi_supervised import (FixedThreshold, FlexMatchThreshold, FreeMatchThreshold, PairedSampler,
+from mmfuse.semi_supervised import (DistributionAlignment, FixedThreshold, FlexMatchThreshold, FreeMatchThreshold, PairedSampler,
                                     PseudoLabelling, UNKNOWN, UNSEEN, partition, pseudo_label_loss, truth_targets)
 
 from conftest import make_shapes_table, tiny_config
@@ -105,6 +105,21 @@ def test_flexmatch_threshold_by_hand():
     assert threshold.learning.tolist() == pytest.approx([5 / 5, 2 / 5, 1 / 5])
 
 
+def test_distribution_alignment_by_hand():
+    m = 0.5
+    align = DistributionAlignment(torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2]), 3, momentum=m)
+    target = torch.tensor([4.0, 3.0, 5.0]) / 12  # labelled counts [3, 2, 4], one added to each
+    aligned = align(PROBS)
+    model_mean = m / 3 + (1 - m) * PROBS.mean(0)
+    expected = PROBS * target / model_mean
+    assert torch.allclose(aligned, expected / expected.sum(-1, keepdim=True))
+    assert aligned.sum(-1).tolist() == pytest.approx([1.0] * 4)
+    # The model claims class 0 most (mean 0.49 against a labelled share of 1/3): its rows lose confidence.
+    assert (aligned[:, 0] < PROBS[:, 0]).all()
+    align(PROBS)  # a second batch moves the running mean again
+    assert align.model_mean.tolist() == pytest.approx((m * model_mean + (1 - m) * PROBS.mean(0)).tolist())
+
+
 def test_pseudo_label_loss_masks_rows_below_threshold():
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 3.0]])
     pseudo = torch.tensor([0, 2, 2])
@@ -140,11 +155,13 @@ def test_paired_sampler_cycles_the_smaller_side_deterministically():
     assert list(sampler) != first
 
 
-@pytest.mark.parametrize("adaptive", ["none", "freematch", "flexmatch"])
-def test_tiny_run_reports_pseudo_labels_per_epoch(tmp_path, adaptive):
+@pytest.mark.parametrize(("adaptive", "extra"), [
+    ("none", {}), ("freematch", {}), ("flexmatch", {}),
+    ("none", {"distribution_alignment": True})])
+def test_tiny_run_reports_pseudo_labels_per_epoch(tmp_path, adaptive, extra):
     frame = blanked_table(tmp_path)
     semi = {"adaptive": adaptive, "ratio": 2, "warmup_epochs": 1, "truth_column": "label_hidden",
-            "modality_dropout": 0.3}
+            "modality_dropout": 0.3, **extra}
     if adaptive != "freematch":
         semi["threshold"] = 0.5
     config = tiny_config(tmp_path, "unused.csv", semi_supervised=semi, **{"train.epochs": 3})
@@ -164,7 +181,7 @@ def test_tiny_run_reports_pseudo_labels_per_epoch(tmp_path, adaptive):
     ({"adaptive": "mean"}, "semi_supervised.adaptive"),
     ({"threshold": 1.5}, "semi_supervised.threshold"),
     ({"adaptive": "freematch", "threshold": 0.9}, "threshold: FreeMatch sets its own"),
-    ({"ema": 0.99}, "ema: read by adaptive freematch only"),
+    ({"ema": 0.99}, "ema: read by adaptive freematch and distribution_alignment only"),
     ({"warmup": 2}, "semi_supervised.warmup"),
 ])
 def test_config_errors_name_the_field(tmp_path, section, field):

@@ -266,8 +266,12 @@ class SemiSupervisedConfig(Section):
     # freematch: self-adaptive global threshold (EMA of the mean confidence) x per-class factor;
     # flexmatch: tau scaled per class by how many rows that class has claimed (curriculum).
     adaptive: Literal["none", "freematch", "flexmatch"] = "none"
-    # FreeMatch's EMA momentum; null: 1 - 1/(steps per epoch), within [0.9, 0.999] (USB's 0.999
-    # assumes a million steps: over a few hundred the threshold would barely leave 1/classes).
+    # Distribution alignment (ReMixMatch): weak-view probabilities rescaled so that their running
+    # mean over unlabelled rows matches the labelled rows' class shares, before the threshold.
+    distribution_alignment: bool = False
+    # The EMA momentum of FreeMatch's threshold and of distribution alignment's running mean; null:
+    # 1 - 1/(steps per epoch), within [0.9, 0.999] (USB's 0.999 assumes a million steps: over a few
+    # hundred the EMA would barely leave its start).
     ema: float | None = Field(None, gt=0.0, lt=1.0)
     unlabelled_weight: float = Field(1.0, ge=0.0)  # lambda_u
     ratio: int = Field(7, gt=0)  # mu: unlabelled rows (or images) per labelled one in a step
@@ -289,8 +293,9 @@ class SemiSupervisedConfig(Section):
     def _freematch_sets_its_own(self) -> "SemiSupervisedConfig":
         if self.adaptive == "freematch" and "threshold" in self.model_fields_set:
             raise ValueError("threshold: FreeMatch sets its own threshold (leave threshold out, or use adaptive none / flexmatch)")
-        if self.adaptive != "freematch" and self.ema is not None:
-            raise ValueError(f"ema: read by adaptive freematch only (this section has adaptive {self.adaptive})")
+        if self.adaptive != "freematch" and not self.distribution_alignment and self.ema is not None:
+            raise ValueError(f"ema: read by adaptive freematch and distribution_alignment only (this section "
+                             f"has adaptive {self.adaptive}, no distribution_alignment)")
         return self
 
 

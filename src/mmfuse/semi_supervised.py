@@ -212,13 +212,39 @@ class FlexMatchThreshold(FixedThreshold):
         return mask
 
 
+def ema_momentum(semi: SemiSupervisedConfig, steps_per_epoch: int) -> float:
+    """semi.ema, or 1 - 1/(steps per epoch) within [0.9, 0.999]: USB's 0.999 assumes a million
+    steps, over a few hundred an EMA would barely leave its start."""
+    return semi.ema if semi.ema is not None else min(0.999, max(0.9, 1 - 1 / max(1, steps_per_epoch)))
+
+
 def create_threshold(semi: SemiSupervisedConfig, num_classes: int, rows: int, steps_per_epoch: int) -> FixedThreshold:
     if semi.adaptive == "freematch":
-        momentum = semi.ema if semi.ema is not None else min(0.999, max(0.9, 1 - 1 / max(1, steps_per_epoch)))
-        return FreeMatchThreshold(num_classes, momentum)
+        return FreeMatchThreshold(num_classes, ema_momentum(semi, steps_per_epoch))
     if semi.adaptive == "flexmatch":
         return FlexMatchThreshold(semi.threshold, num_classes, rows)
     return FixedThreshold(semi.threshold, num_classes)
+
+
+class DistributionAlignment(nn.Module):
+    """ReMixMatch's distribution alignment (USB's DistAlignEMAHook with the labelled rows' class
+    frequencies as target): the weak view's probabilities times (labelled frequency / the EMA of the
+    model's mean prediction on unlabelled rows), renormalised. A model that claims one class too
+    often (a count of 1 where it is 2) has its pseudo-labels pulled back towards the labelled share."""
+
+    def __init__(self, labelled_targets: Tensor, num_classes: int, momentum: float):
+        super().__init__()
+        counts = torch.bincount(labelled_targets.long().flatten(), minlength=num_classes).float()
+        # A class no labelled row has keeps a small share, so it can still be claimed.
+        self.register_buffer("target", (counts + 1.0) / (counts + 1.0).sum())
+        self.register_buffer("model_mean", torch.full((num_classes,), 1.0 / num_classes))
+        self.momentum = momentum
+
+    @torch.no_grad()
+    def forward(self, probs: Tensor) -> Tensor:
+        self.model_mean.mul_(self.momentum).add_((1 - self.momentum) * probs.mean(0))
+        aligned = probs * (self.target / self.model_mean.clamp_min(1e-6))
+        return aligned / aligned.sum(-1, keepdim=True)
 
 
 def pseudo_label_loss(strong_logits: Tensor, pseudo_labels: Tensor, mask: Tensor) -> Tensor:
@@ -257,9 +283,15 @@ class PseudoLabelling(nn.Module):
     TALLY = ("seen", "masked", "known", "right", "known_masked", "right_masked")
 
     def __init__(self, semi: SemiSupervisedConfig, *, num_classes: int, rows: int, steps_per_epoch: int,
-                 truth: Tensor | None = None, weak_augment: bool = False):
+                 truth: Tensor | None = None, weak_augment: bool = False,
+                 labelled_targets: Tensor | None = None):
         super().__init__()
         self.semi = semi
+        self.align = None
+        if semi.distribution_alignment:
+            if labelled_targets is None:
+                raise MmfuseError("semi_supervised.distribution_alignment needs the labelled rows' targets")
+            self.align = DistributionAlignment(labelled_targets, num_classes, ema_momentum(semi, steps_per_epoch))
         self.weak_augment = weak_augment  # train.image_augment: the weak view is weakly augmented too
         self.threshold = create_threshold(semi, num_classes, rows, steps_per_epoch)
         self.register_buffer("truth", truth if truth is not None else torch.full((rows,), UNKNOWN), persistent=False)
@@ -275,6 +307,8 @@ class PseudoLabelling(nn.Module):
         with torch.no_grad():
             weak = augment_batch(batch, "weak") if self.weak_augment else batch
             probs = model.head.scores(model(weak)).float()
+            if self.align is not None:
+                probs = self.align(probs)
         mask = self.threshold.mask(probs, batch.rows)
         pseudo = probs.argmax(-1)
         self.count(pseudo, mask, self.truth[batch.rows])

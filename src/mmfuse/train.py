@@ -425,7 +425,8 @@ def fit_model(model: MultimodalModel, train: TableDataset, val: TableDataset | N
     trainer.log_every_n_steps = max(1, min(10, len(train_loader)))
     semi = None if unlabelled is None else PseudoLabelling(
         config.semi_supervised, num_classes=model.head.out_dim, rows=len(unlabelled),
-        steps_per_epoch=len(train_loader), truth=truth, weak_augment=config.train.image_augment)
+        steps_per_epoch=len(train_loader), truth=truth, weak_augment=config.train.image_augment,
+        labelled_targets=train.target)
     task = (make_module(len(train_loader)) if make_module is not None
             else FusionTask(model, config, steps_per_epoch=len(train_loader), semi=semi))
     if resume:
