@@ -163,10 +163,11 @@ def table(results: dict) -> list[str]:
         for fraction, cell in result["fractions"].items():
             sup, semi = accuracies(cell["sup"]), accuracies(cell["semi"])
             gap = statistics.mean(full) - statistics.mean(sup)
-            closed = (statistics.mean(semi) - statistics.mean(sup)) / gap if gap > 0 else float("nan")
+            closed = (f"{(statistics.mean(semi) - statistics.mean(sup)) / gap:.2f}" if gap > 0
+                      else "no gap (supervised only ≥ full)")
             seconds = [statistics.mean(r["train_s"] for r in cell[k]) for k in ("sup", "semi")]
             lines.append(f"| {name} | {fraction:.0%} ({cell['images']}) | {cell['rows']} | {mean_std(sup)} | "
-                         f"{mean_std(semi)} | {mean_std(full)} | {closed:.2f} | "
+                         f"{mean_std(semi)} | {mean_std(full)} | {closed} | "
                          f"{seconds[0]:.0f} / {seconds[1]:.0f} / {full_s:.0f} |")
     return lines
 
