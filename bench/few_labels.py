@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from mmfuse import Predictor  # noqa: E402
-from mmfuse.config import parse_config, set_path  # noqa: E402
+from mmfuse.config import SemiSupervisedConfig, parse_config, set_path  # noqa: E402
 from mmfuse.data.datasets import load_builtin  # noqa: E402
 from mmfuse.safe_yaml import read_yaml  # noqa: E402
 
@@ -50,7 +50,6 @@ TRAINABLE = False  # --trainable: the data set's own config (the small CNN train
 IMAGE_AUGMENT = False  # --image-augment: weak pixel augmentation of every training batch (all three ways)
 # --reuse: earlier results files, each {"results": ..., "same_semi": whether its semi_supervised settings are these}
 REUSE: list[dict] = []
-SEMI_DEFAULTS = {"distribution_alignment": False, "feature_dropout": 0.0}  # settings older files lack
 
 
 def base_config(name: str, epochs: int, labels: list[str], out: str, **overrides) -> dict:
@@ -196,8 +195,10 @@ def read_reused(path: Path, args: argparse.Namespace, semi: dict) -> dict:
     differ = [k for k in ("trainable", "image_augment", "epochs", "ratio") if earlier["settings"].get(k) != vars(args)[k]]
     if differ:
         sys.exit(f"--reuse {path}: its runs differ in {', '.join(differ)}; only semi_supervised may differ")
-    theirs = {**SEMI_DEFAULTS, **earlier["settings"]["semi"]}
-    return {"results": earlier["results"], "same_semi": all(theirs.get(k) == v for k, v in semi.items())}
+    # A setting an older file lacks was then the section's default.
+    theirs = earlier["settings"]["semi"]
+    same = all(theirs.get(k, SemiSupervisedConfig.model_fields[k].default) == v for k, v in semi.items())
+    return {"results": earlier["results"], "same_semi": same}
 
 
 def main() -> None:
