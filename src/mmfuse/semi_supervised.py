@@ -170,9 +170,9 @@ class FreeMatchThreshold(FixedThreshold):
 
     @torch.no_grad()
     def update(self, probs: Tensor) -> None:
-        m = self.momentum
-        self.global_threshold.mul_(m).add_((1 - m) * probs.max(-1).values.mean())
-        self.class_mean.mul_(m).add_((1 - m) * probs.mean(0))
+        step = 1 - self.momentum  # an EMA: lerp_ moves each running value this far towards the batch's
+        self.global_threshold.lerp_(probs.max(-1).values.mean(), step)
+        self.class_mean.lerp_(probs.mean(0), step)
 
     def per_class(self) -> Tensor:
         return self.global_threshold * self.class_mean / self.class_mean.max()
@@ -242,7 +242,7 @@ class DistributionAlignment(nn.Module):
 
     @torch.no_grad()
     def forward(self, probs: Tensor) -> Tensor:
-        self.model_mean.mul_(self.momentum).add_((1 - self.momentum) * probs.mean(0))
+        self.model_mean.lerp_(probs.mean(0), 1 - self.momentum)  # an EMA, as FreeMatchThreshold's
         aligned = probs * (self.target / self.model_mean.clamp_min(1e-6))
         return aligned / aligned.sum(-1, keepdim=True)
 
