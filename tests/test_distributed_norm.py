@@ -38,6 +38,10 @@ def one_rank(rank: int, port: int, out: str) -> None:
     (y * torch.arange(y.numel()).reshape(y.shape)).sum().backward()
     torch.save({"y": y.detach(), "grad_x": share.grad, "grad_w": norm.weight.grad, "grad_b": norm.bias.grad,
                 "running_mean": norm.running_mean, "running_var": norm.running_var}, f"{out}/rank{rank}.pt")
+    # Both ranks past their last collective before either closes its sockets: a rank that tore down
+    # while its peer was still finishing the backward's all-reduce aborted the peer (SIGABRT, 2 in 15
+    # runs on a loaded machine).
+    dist.barrier()
     dist.destroy_process_group()
 
 
